@@ -1,0 +1,1 @@
+"""Pure ETL functions (decode, align, augment, source readers) and Spark glue."""

@@ -1,0 +1,1 @@
+"""The data contract: Unischema(s), label vocabularies and the schema version."""

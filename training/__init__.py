@@ -1,0 +1,1 @@
+"""StarGAN models, losses, D/G steps, data reading, Horovod helpers, checkpoints, tracking."""
