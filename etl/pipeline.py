@@ -216,7 +216,7 @@ def select_labels(kept: DataFrame, labels: tuple[str, ...], multi_label: bool) -
 
 def with_splits(faces: DataFrame, split: SplitConfig) -> DataFrame:
     """Add the split column: a deterministic function of (seed, subject pseudonym)."""
-    assign = F.udf(lambda subject: assign_split(subject, split), StringType())
+    assign = F.udf(lambda subject: assign_split(subject, split), StringType(), useArrow=False)
     return faces.withColumn(FaceFields.SPLIT, assign("subject"))
 
 

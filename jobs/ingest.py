@@ -28,6 +28,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # spark-submit runs this file directly: make the project's packages importable
+    sys.path.insert(0, str(REPO))
 DEFAULT_OUTPUT = (REPO / "output" / "dataset").as_uri()
 log = logging.getLogger("palsygan.ingest")
 
@@ -130,7 +132,8 @@ def spark_session(args: argparse.Namespace):
     conf = SparkConf()
     if args.master:
         conf.setMaster(args.master)
-    elif not conf.contains("spark.master"):
+    elif "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # Not launched by spark-submit (which passes its --master to the JVM it starts): run locally.
         conf.setMaster("local[*]")
     conf.setIfMissing("spark.app.name", "palsygan-ingest")
     conf.setIfMissing("spark.driver.bindAddress", args.bind_address)
@@ -174,7 +177,8 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Scan the source, run the Spark pipeline, write the report; 0 on success, 2 on a bad source."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     args = parse_args(argv)
     from etl.pipeline import ingest
     from etl.pseudonym import DEFAULT_SALT_FILE, load_or_create_salt
