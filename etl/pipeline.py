@@ -314,8 +314,10 @@ def ingest(spark: SparkSession, scan: SourceScan, salt: bytes, config: IngestCon
     quarantine = problems.unionByName(rejected).unionByName(duplicates).unionByName(unselected)
     quarantine = quarantine.persist(StorageLevel.MEMORY_AND_DISK)
 
-    per_split_label = counts_by(planned.select(FaceFields.SPLIT, F.explode("labels").alias("label")),
-                                FaceFields.SPLIT, "label")
+    rows_per_split_label = {
+        f"{r[FaceFields.SPLIT]}/{r['label']}": int(r["rows"]) for r in
+        planned.select(FaceFields.SPLIT, "copies", F.explode("labels").alias("label"))
+        .groupBy(FaceFields.SPLIT, "label").agg(F.sum(F.col("copies") + 1).alias("rows")).collect()}
     copies = planned.agg(F.sum("copies")).first()[0] or 0
     originals = planned.count()
     timer.run("augment_write", write_dataset, spark, planned, labels, vocabulary.multi_label, config,
@@ -329,7 +331,8 @@ def ingest(spark: SparkSession, scan: SourceScan, salt: bytes, config: IngestCon
     metadata = DatasetMetadata(
         schema_version=SCHEMA_VERSION, labels=labels, multi_label=vocabulary.multi_label,
         image_size=config.process.size, vocabulary=vocabulary.name, split_seed=config.split.seed,
-        counts={"originals": per_split, "augmented": int(copies)})
+        counts={"originals": per_split, "augmented": int(copies),
+                "rows_per_split_label": _nest(rows_per_split_label)})
     write_metadata(config.output_url, metadata)
     checked = timer.run("verify", verify_dataset, config.output_url, metadata, originals + copies,
                         config.verify_rows, config.min_row_groups)
@@ -352,7 +355,7 @@ def ingest(spark: SparkSession, scan: SourceScan, salt: bytes, config: IngestCon
             "reconciled": inputs == originals + quarantined,
         },
         "per_split": per_split,
-        "per_split_label": per_split_label,
+        "rows_per_split_label": rows_per_split_label,
         "per_reason": per_reason,
         "verified": checked,
         "seconds": {"wall": timer.seconds, "executor_cpu": cpu_seconds},
@@ -367,6 +370,15 @@ def ingest(spark: SparkSession, scan: SourceScan, salt: bytes, config: IngestCon
         raise RuntimeError(f"counts do not reconcile: {inputs} inputs != {originals} written + "
                            f"{quarantined} quarantined")
     return report
+
+
+def _nest(flat: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{"train/anger": 3} -> {"train": {"anger": 3}}."""
+    nested: dict[str, dict[str, int]] = {}
+    for key, value in flat.items():
+        outer, inner = key.split("/", 1)
+        nested.setdefault(outer, {})[inner] = value
+    return nested
 
 
 def _log_quarantine(quarantine: DataFrame, names: dict[str, str], limit: int = 25) -> None:

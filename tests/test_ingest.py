@@ -243,3 +243,31 @@ def test_missing_source_is_a_clear_error(tmp_path):
          str(tmp_path / "ds")], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "nowhere" in proc.stderr and "cannot ingest" in proc.stderr
+
+
+def test_fer2013_inline_pixels_through_the_pipeline(spark, sample_dir, tmp_path):
+    """FER2013 rows carry their pixels inline; tiny 48x48 faces use the whole-image face policy."""
+    from etl.face import FacePolicy
+
+    faces = [p for p in sorted((sample_dir / "images").glob("*.jpg"))
+             if Image.open(p).size == (350, 350)][:6]
+    lines = ["emotion,pixels,Usage"]
+    for i, path in enumerate(faces):
+        grey = np.asarray(Image.open(path).convert("L").crop((75, 75, 275, 275)).resize((48, 48)))
+        lines.append(f"{i % 7},{' '.join(str(v) for v in grey.reshape(-1))},Training")
+    lines.append("3,1 2 3,Training")  # malformed pixel string
+    root = tmp_path / "fer"
+    root.mkdir()
+    (root / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    scan = scan_source(f"fer2013:{root}")
+    config = IngestConfig(output_url=(tmp_path / "ds").as_uri(), quarantine_url=(tmp_path / "q").as_uri(),
+                          process=ProcessConfig(size=64, policy=FacePolicy(on_none="whole_image")),
+                          min_row_groups=2, augment_copies=0)
+    report = ingest(spark, scan, SALT, config)
+    assert report["counts"]["inputs"] == 7
+    assert report["counts"]["reconciled"] is True
+    assert report["per_reason"].get("source/malformed_row") == 1
+    assert report["counts"]["written"] == 6 - sum(v for k, v in report["per_reason"].items() if k.startswith("face/"))
+    assert report["counts"]["written"] >= 4
+    rows = _read_all((tmp_path / "ds").as_uri())
+    assert all(r.image.shape == (64, 64, 3) for r in rows)
