@@ -20,9 +20,9 @@ from pyspark.sql.types import ArrayType, BinaryType, BooleanType, StringType, St
 from pyspark.storagelevel import StorageLevel
 
 from etl.augment import AugmentConfig, augment
-from etl.process import STAGES, ProcessConfig, ProcessedFace, process_record
-from etl.pseudonym import pseudonym
-from etl.sources import SourceRecord, SourceScan
+from etl.process import STAGES, ProcessConfig, process_partition
+from etl.pseudonym import pseudonym, scrub
+from etl.sources import SourceScan
 from etl.split import SplitConfig, assign_split
 from etl.verify import verify_dataset, write_metadata
 from schemas.faces import QUARANTINE_SPARK_SCHEMA, SCHEMA_VERSION, SPLITS, DatasetMetadata, FaceFields, face_schema
@@ -54,6 +54,8 @@ _PROCESSED_SCHEMA = StructType([
     StructField("landmarks", BinaryType(), True),
 ])
 
+# Tasks per core for the per-image work: few enough that task overhead stays small, enough to balance.
+SLICES_PER_CORE = 2
 _ROW_REFERENCE = re.compile(r"^[\w.\-]+(:\d+|#\d+)$")
 
 
@@ -94,14 +96,6 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def scrub(text: str, path: str, source_id: str) -> str:
-    """Replace a file's name (full relative path and base name) in a message by its pseudonym."""
-    for name in sorted({path, path.rsplit("/", 1)[-1]}, key=len, reverse=True):
-        if name:
-            text = text.replace(name, source_id)
-    return text
-
-
 def row_reference(where: str) -> str:
     """The row part of a source location ("legend.csv:17", "fer2013.csv#4"), or "" for a bare file path."""
     return where if _ROW_REFERENCE.match(where) else ""
@@ -127,7 +121,7 @@ def extract(spark: SparkSession, scan: SourceScan, salt: bytes) -> tuple[DataFra
         problems.append((source_id, row_reference(problem.where), "source", problem.reason,
                          scrub(problem.detail, name, source_id)))
     # Enough slices that both cores (or every executor) get work, small enough to balance.
-    slices = max(2, min(len(records) // 8 + 1, spark.sparkContext.defaultParallelism * 8))
+    slices = max(2, min(len(records) // 8 + 1, spark.sparkContext.defaultParallelism * SLICES_PER_CORE))
     records_df = spark.createDataFrame(spark.sparkContext.parallelize(records, slices), _RECORD_SCHEMA)
     problems_df = spark.createDataFrame(problems, QUARANTINE_SPARK_SCHEMA)
     return records_df, problems_df, names
@@ -136,27 +130,11 @@ def extract(spark: SparkSession, scan: SourceScan, salt: bytes) -> tuple[DataFra
 # Transform
 
 
-def _process_partition(rows, root: str, config: ProcessConfig, seconds):
-    """Run process_record over one partition of record rows, adding per-stage seconds to accumulators."""
-    for row in rows:
-        record = SourceRecord(path=row.path, labels=tuple(row.labels), subject=row.subject, row=row.row,
-                              data=row.data)
-        result = process_record(root, record, config)
-        for stage, value in result.seconds.items():
-            seconds[stage].add(value)
-        if isinstance(result, ProcessedFace):
-            yield (row.source_id, row.row, row.subject, list(row.labels), True, None, None, None,
-                   result.content_hash, result.image_png, result.landmarks.astype(np.float32).tobytes())
-        else:
-            yield (row.source_id, row.row, row.subject, list(row.labels), False, result.stage, result.reason,
-                   scrub(result.detail, row.path, row.source_id), None, None, None)
-
-
 def process(spark: SparkSession, records: DataFrame, root: str, config: ProcessConfig):
     """Decode, hash, detect and align every record on the executors; persisted, with per-stage seconds."""
     sc = spark.sparkContext
     seconds = {stage: sc.accumulator(0.0) for stage in STAGES}
-    rdd = records.rdd.mapPartitions(lambda rows: _process_partition(rows, root, config, seconds))
+    rdd = records.rdd.mapPartitions(lambda rows: process_partition(rows, root, config, seconds))
     processed = spark.createDataFrame(rdd, _PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
     processed.count()  # the expensive pass happens once, here, under Spark's progress bar
     return processed, {stage: acc.value for stage, acc in seconds.items()}

@@ -9,6 +9,7 @@ import numpy as np
 from etl.align import align_face
 from etl.decode import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_png, pixel_hash
 from etl.face import DEFAULT_POLICY, FacePolicy, FaceRejected
+from etl.pseudonym import scrub
 from etl.sources import SourceError, SourceRecord, read_record_bytes
 
 # Per-image stages, in order; their CPU seconds are summed into the ingest report.
@@ -83,3 +84,19 @@ def process_record(root: str, record: SourceRecord, config: ProcessConfig) -> Pr
     except FaceRejected as exc:
         return Rejection("face", exc.reason, exc.message, clock.seconds)
     return ProcessedFace(png, landmarks, content_hash, clock.seconds)
+
+
+def process_partition(rows, root: str, config: ProcessConfig, seconds):
+    """process_record over Spark rows of records: processed-row tuples; stage seconds go to accumulators."""
+    for row in rows:
+        record = SourceRecord(path=row.path, labels=tuple(row.labels), subject=row.subject, row=row.row,
+                              data=row.data)
+        result = process_record(root, record, config)
+        for stage, value in result.seconds.items():
+            seconds[stage].add(value)
+        if isinstance(result, ProcessedFace):
+            yield (row.source_id, row.row, row.subject, list(row.labels), True, None, None, None,
+                   result.content_hash, result.image_png, result.landmarks.astype(np.float32).tobytes())
+        else:
+            yield (row.source_id, row.row, row.subject, list(row.labels), False, result.stage, result.reason,
+                   scrub(result.detail, row.path, row.source_id), None, None, None)

@@ -33,3 +33,11 @@ def load_or_create_salt(path: Path = DEFAULT_SALT_FILE) -> bytes:
 def pseudonym(value: str, salt: bytes, prefix: str) -> str:
     """``prefix`` + the first 16 hex digits of HMAC-SHA256(salt, value): stable, not reversible without salt."""
     return prefix + hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def scrub(text: str, path: str, source_id: str) -> str:
+    """Replace a file's name (full relative path and base name) in a message by its pseudonym."""
+    for name in sorted({path, path.rsplit("/", 1)[-1]}, key=len, reverse=True):
+        if name:
+            text = text.replace(name, source_id)
+    return text

@@ -4,8 +4,8 @@ import stat
 import pytest
 from pyspark.sql import Row
 
-from etl.pipeline import IngestConfig, copy_plan, row_reference, scrub
-from etl.pseudonym import load_or_create_salt, pseudonym
+from etl.pipeline import IngestConfig, copy_plan, row_reference
+from etl.pseudonym import load_or_create_salt, pseudonym, scrub
 from etl.split import SplitConfig, assign_split
 
 

@@ -19,28 +19,13 @@ from etl.sources import scan_source
 from etl.verify import read_metadata
 from schemas.faces import SPLITS, FaceFields
 
-SALT = b"0123456789abcdef0123456789abcdef-test-salt"
+from conftest import TEST_SALT as SALT
 
 
 def _read_all(url, split=None, fields=None):
     filters = [(FaceFields.SPLIT, "=", split)] if split else None
     with make_reader(url, filters=filters, schema_fields=fields, num_epochs=1, workers_count=1) as reader:
         return list(reader)
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory, sample_dir):
-    """The ingest job run as a user runs it (python jobs/ingest.py) on the bundled sample."""
-    out = tmp_path_factory.mktemp("ingest")
-    salt_file = out / "salt"
-    salt_file.write_bytes(SALT)
-    proc = subprocess.run(
-        [sys.executable, "jobs/ingest.py", "--source", f"legend:{sample_dir}", "--output", str(out / "dataset"),
-         "--salt-file", str(salt_file), "--master", "local[2]", "--size", "64"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads((out / "dataset_report.json").read_text())
-    return out, report, proc.stderr
 
 
 def test_sample_counts_reconcile(sample_run, sample_dir):
