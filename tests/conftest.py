@@ -99,7 +99,8 @@ def mlflow_server(tmp_path_factory):
         started, deadline = time.monotonic(), time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n"
+                                   f"{log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                     if response.status == 200:

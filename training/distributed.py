@@ -1,0 +1,77 @@
+"""Every Horovod call of the project, in one place (grep `hvd.`).
+
+Works the same under `horovodrun -np N` and with a plain `python` (one rank, no launcher needed).
+"""
+from __future__ import annotations
+
+import horovod.torch as hvd
+import torch
+from torch import nn
+
+
+class Workers:
+    """This process's place among the training workers, and the collective operations the trainer uses."""
+
+    def __init__(self):
+        hvd.init()  # HVD: join the job (Gloo controller; size 1 without horovodrun)
+
+    @property
+    def rank(self) -> int:
+        """Global rank of this worker."""
+        return hvd.rank()  # HVD
+
+    @property
+    def size(self) -> int:
+        """Number of workers."""
+        return hvd.size()  # HVD
+
+    @property
+    def local_size(self) -> int:
+        """Workers on this host (they share its cores)."""
+        return hvd.local_size()  # HVD
+
+    @property
+    def is_rank0(self) -> bool:
+        """Whether this worker owns side effects (tracking, checkpoints, progress)."""
+        return self.rank == 0
+
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, module: nn.Module,
+                              prefix: str) -> torch.optim.Optimizer:
+        """Wrap an optimizer so its step averages gradients; names are prefixed per network (G., D.)."""
+        named = [(f"{prefix}.{name}", p) for name, p in module.named_parameters()]
+        return hvd.DistributedOptimizer(optimizer, named_parameters=named, op=hvd.Average)  # HVD
+
+    def broadcast_training_state(self, modules: dict[str, nn.Module],
+                                 optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Make every rank start from rank 0's weights and optimizer state."""
+        for name, module in modules.items():
+            state = {f"{name}.{k}": v for k, v in module.state_dict().items()}
+            hvd.broadcast_parameters(state, root_rank=0)  # HVD (in place: state_dict tensors share storage)
+        for optimizer in optimizers.values():
+            hvd.broadcast_optimizer_state(optimizer, root_rank=0)  # HVD
+
+    def broadcast_object(self, obj, name: str):
+        """Rank 0's value of a small picklable object, on every rank."""
+        return hvd.broadcast_object(obj, root_rank=0, name=name)  # HVD
+
+    def average(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average scalar metrics across ranks (every rank must call with the same keys)."""
+        if self.size == 1 or not metrics:
+            return dict(metrics)
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        averaged = hvd.allreduce(values, name="metrics", op=hvd.Average)  # HVD
+        return dict(zip(keys, averaged.tolist()))
+
+    def max(self, value: float, name: str) -> float:
+        """The largest value of a scalar across ranks."""
+        return float(hvd.allreduce(torch.tensor([value], dtype=torch.float64), name=name, op=hvd.Max))  # HVD
+
+    def gather_flat_parameters(self, module: nn.Module, name: str) -> torch.Tensor:
+        """Every rank's parameters of ``module`` flattened, one row per rank (for consistency checks)."""
+        flat = torch.cat([p.detach().reshape(-1).float() for p in module.parameters()]).unsqueeze(0)
+        return hvd.allgather(flat, name=name)  # HVD
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        hvd.barrier()  # HVD

@@ -1,0 +1,86 @@
+"""The training sample grid: fixed faces translated to every target expression, with labelled columns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from training.inference import inference_generator
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_MIN_FONT_SCALE = 0.3
+
+
+def target_columns(c_dim: int, multi_label: bool, c_fixed: torch.Tensor | None, n: int,
+                   device: torch.device) -> list[torch.Tensor]:
+    """One (n, c_dim) label batch per column: one-hot per label, or attribute j flipped for multi-label."""
+    columns = []
+    for j in range(c_dim):
+        if multi_label and c_fixed is not None:
+            # As the official code does for attributes: flip attribute j of each face's own labels.
+            c = c_fixed.to(device=device, dtype=torch.float32).clone()
+            c[:, j] = 1.0 - c[:, j]
+        else:
+            c = torch.zeros(n, c_dim, device=device)
+            c[:, j] = 1.0
+        columns.append(c)
+    return columns
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] to (N, H, W, 3) uint8 RGB."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _fit(text: str, cell: int, height: int) -> tuple[float, int, int, int]:
+    """Font scale that fits `text` in a cell x height box, and the text's width, height and baseline then."""
+    (w, h), baseline = cv2.getTextSize(text, _FONT, 1.0, 1)
+    scale = min(1.0, (cell - 4) / max(w, 1), (height - 4) / max(h + baseline, 1))
+    (w, h), baseline = cv2.getTextSize(text, _FONT, max(scale, _MIN_FONT_SCALE), 1)
+    return scale, w, h, baseline
+
+
+def _draw_header(names: Sequence[str], cell: int) -> np.ndarray:
+    """A white strip with each name centred in its `cell`-pixel-wide column."""
+    height = max(16, cell // 4)
+    strip = np.full((height, cell * len(names), 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        text = name
+        scale, w, h, baseline = _fit(text, cell, height)
+        while scale < _MIN_FONT_SCALE and len(text) > 1:  # too long for the cell even small: shorten it
+            text = text[:-1]
+            scale, w, h, baseline = _fit(text, cell, height)
+        origin = (i * cell + max(0, (cell - w) // 2), (height - h - baseline) // 2 + h)
+        cv2.putText(strip, text, origin, _FONT, max(scale, _MIN_FONT_SCALE), (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def sample_grid(
+    G: nn.Module,
+    x_fixed: torch.Tensor,
+    labels: Sequence[str],
+    c_dim: int,
+    multi_label: bool,
+    c_fixed: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Rows = fixed faces; columns = input + one per target label, headed by the label names; uint8 RGB."""
+    # G itself is not touched (mode, buffers, grads): the translations come from its inference copy
+    # (see training.inference), which normalises per image as StarGAN's own test code does.
+    if len(labels) != c_dim:
+        raise ValueError(f"got {len(labels)} label names for c_dim={c_dim}")
+    n, _, height, width = x_fixed.shape
+    device = x_fixed.device
+    G_inf = inference_generator(G, device)
+
+    with torch.no_grad():
+        columns = [x_fixed] + [G_inf(x_fixed, c) for c in target_columns(c_dim, multi_label, c_fixed, n, device)]
+    tiles = [to_uint8_images(col) for col in columns]  # each (n, H, W, 3)
+    body = np.concatenate([np.concatenate(list(tile), axis=0) for tile in tiles], axis=1)  # (n*H, cols*W, 3)
+
+    header = _draw_header(["input", *labels], width)
+    return np.ascontiguousarray(np.concatenate([header, body], axis=0))
