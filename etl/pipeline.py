@@ -56,6 +56,8 @@ _PROCESSED_SCHEMA = StructType([
 
 # Tasks per core for the per-image work: few enough that task overhead stays small, enough to balance.
 SLICES_PER_CORE = 2
+# ...and at most about this many images per task, for progress and balance on large sources.
+RECORDS_PER_TASK = 256
 _ROW_REFERENCE = re.compile(r"^[\w.\-]+(:\d+|#\d+)$")
 
 
@@ -120,8 +122,8 @@ def extract(spark: SparkSession, scan: SourceScan, salt: bytes) -> tuple[DataFra
         names[source_id] = problem.where if problem.path is None else f"{problem.where} ({problem.path})"
         problems.append((source_id, row_reference(problem.where), "source", problem.reason,
                          scrub(problem.detail, name, source_id)))
-    # Enough slices that both cores (or every executor) get work, small enough to balance.
-    slices = max(2, min(len(records) // 8 + 1, spark.sparkContext.defaultParallelism * SLICES_PER_CORE))
+    wanted = max(spark.sparkContext.defaultParallelism * SLICES_PER_CORE, -(-len(records) // RECORDS_PER_TASK))
+    slices = max(2, min(len(records) // 8 + 1, wanted))
     records_df = spark.createDataFrame(spark.sparkContext.parallelize(records, slices), _RECORD_SCHEMA)
     problems_df = spark.createDataFrame(problems, QUARANTINE_SPARK_SCHEMA)
     return records_df, problems_df, names

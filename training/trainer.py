@@ -172,6 +172,11 @@ def train(job: JobConfig) -> TrainResult:
     start, run_id, problem = workers.broadcast_object((start, run_id, problem), name="resume")
     if problem:
         raise ValueError(problem)
+    if start >= cfg.optim.num_iters:
+        log.info("the checkpoint in %s is already at step %d of %d: nothing to train", ckpt_dir, start,
+                 cfg.optim.num_iters)
+        return TrainResult(run_id=run_id, start_step=start, step=start, metrics={}, model_version=None,
+                           workers=workers.size, rank=workers.rank, max_weight_diff=0.0)
     g_opt = workers.distributed_optimizer(g_opt, G, prefix="G")
     d_opt = workers.distributed_optimizer(d_opt, D, prefix="D")
     workers.broadcast_training_state({"G": G, "D": D}, {"g_opt": g_opt, "d_opt": d_opt})
