@@ -239,12 +239,10 @@ def train(job: JobConfig) -> TrainResult:
         tracker.log_metrics(spread, step=cfg.optim.num_iters)
 
         # The generator as a registered MLflow model, with its labels, size and normalisation.
-        version = None
-        if workers.is_rank0:
-            example = (x_fixed[:1].numpy() if x_fixed is not None
-                       else np.zeros((1, 3, cfg.model.image_size, cfg.model.image_size), np.float32),
-                       np.eye(cfg.model.c_dim, dtype=np.float32)[:1])
-            version = tracker.log_generator(G, meta, example, job.tracking.registered_model)
+        example = (x_fixed[:1].numpy() if x_fixed is not None
+                   else np.zeros((1, 3, cfg.model.image_size, cfg.model.image_size), np.float32),
+                   np.eye(cfg.model.c_dim, dtype=np.float32)[:1])
+        version = tracker.log_generator(G, meta, example, job.tracking.registered_model)
         tracker.finish("FINISHED")
     except BaseException:
         progress.close()
