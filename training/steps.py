@@ -187,6 +187,7 @@ def train_iteration(
     d_loss.backward()
     hooks.before_d_step(d_opt)
     d_opt.step()
+    d_opt.zero_grad()  # D's gradients are not needed until the next D update: free them now
 
     # Train the generator.
     if (step + 1) % optim_cfg.n_critic == 0:
@@ -195,6 +196,7 @@ def train_iteration(
         g_loss.backward()
         hooks.before_g_step(g_opt)
         g_opt.step()
+        g_opt.zero_grad()
         metrics.update(g_metrics)
     return metrics
 
