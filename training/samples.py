@@ -73,14 +73,22 @@ def sample_grid(
     # (see training.inference), which normalises per image as StarGAN's own test code does.
     if len(labels) != c_dim:
         raise ValueError(f"got {len(labels)} label names for c_dim={c_dim}")
-    n, _, height, width = x_fixed.shape
+    n = x_fixed.shape[0]
     device = x_fixed.device
     G_inf = inference_generator(G, device)
 
     with torch.no_grad():
         columns = [x_fixed] + [G_inf(x_fixed, c) for c in target_columns(c_dim, multi_label, c_fixed, n, device)]
-    tiles = [to_uint8_images(col) for col in columns]  # each (n, H, W, 3)
-    body = np.concatenate([np.concatenate(list(tile), axis=0) for tile in tiles], axis=1)  # (n*H, cols*W, 3)
+    return labelled_grid([to_uint8_images(col) for col in columns], ["input", *labels])
 
-    header = _draw_header(["input", *labels], width)
-    return np.ascontiguousarray(np.concatenate([header, body], axis=0))
+
+def labelled_grid(columns: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Columns of uint8 (n, H, W, 3) faces side by side under a header naming each column; uint8 RGB."""
+    if len(columns) != len(names) or not columns:
+        raise ValueError(f"got {len(columns)} columns for {len(names)} names")
+    shapes = {np.shape(col) for col in columns}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[-1] != 3:
+        raise ValueError(f"columns must all be (n, H, W, 3) arrays of one shape, got {sorted(shapes)}")
+    body = np.concatenate([np.concatenate(list(col), axis=0) for col in columns], axis=1)  # (n*H, cols*W, 3)
+    header = _draw_header(list(names), columns[0].shape[2])
+    return np.ascontiguousarray(np.concatenate([header, body.astype(np.uint8, copy=False)], axis=0))
