@@ -137,3 +137,13 @@ def sample_run(tmp_path_factory, sample_dir):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "dataset_report.json").read_text())
     return out, report, proc.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_leaks():
+    """Reset MLflow's process-wide tracking and registry URIs after each test (some code sets them)."""
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)

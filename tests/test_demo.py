@@ -24,7 +24,8 @@ def test_demo_runs_every_stage(tmp_path):
     assert (out / "dataset" / "_common_metadata").is_file()
     assert (out / "dataset_report.json").is_file()
     # 2-3. one training run with metrics, a registered version carrying the champion alias, evaluated
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    store = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
     version = client.get_model_version_by_alias("palsygan-stargan", "champion")
     metrics = client.get_run(version.run_id).data.metrics
     assert "G/loss_rec" in metrics and "D/loss_gp" in metrics

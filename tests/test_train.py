@@ -49,7 +49,7 @@ def test_horovodrun_two_workers_identical_weights_and_one_run(sample_run, tmp_pa
                                  "--sample-every", "4", "--checkpoint-every", "4", "--experiment", "hvd")])
     log = proc.stdout + proc.stderr
     assert "on 2 workers" in log
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     run = _only_run(client, "hvd")  # two ranks, exactly one run
     assert run.data.params["workers"] == "2"
     assert run.data.params["train.model.c_dim"] == str(len(report["labels"]))
@@ -73,7 +73,7 @@ def test_training_against_a_real_mlflow_server(sample_run, mlflow_server, tmp_pa
     _run([sys.executable, *_train_command(out / "dataset", tmp_path, mlflow_server, "--num-iters", "4",
                                           "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "4",
                                           "--experiment", "over-http", "--registered-model", "stargan-http")])
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     run = _only_run(client, "over-http")
     assert run.info.status == "FINISHED"
     assert run.data.params["train.optim.n_critic"] == "2"
@@ -84,10 +84,8 @@ def test_training_against_a_real_mlflow_server(sample_run, mlflow_server, tmp_pa
     version = client.search_model_versions("name = 'stargan-http'")[0]
     assert version.run_id == run.info.run_id
     mlflow.set_tracking_uri(mlflow_server)
-    try:
-        model = mlflow.pyfunc.load_model(f"models:/stargan-http/{version.version}")
-    finally:
-        mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/stargan-http/{version.version}")
     assert model.metadata.metadata["labels"] == report["labels"]
 
 
@@ -118,7 +116,7 @@ def test_sigkill_mid_run_then_rerun_resumes_from_an_intact_checkpoint(sample_run
     log = proc.stdout + proc.stderr
     assert f"resuming from {intact} at step {resumed_at}" in log
     assert "finished at step 60" in log
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     run = _only_run(client, "resume")  # the rerun continued the killed job's run
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "D/loss_real")]
     assert steps[-1] == 60 and resumed_at + 2 in steps

@@ -97,8 +97,8 @@ def test_only_photos_without_a_face_exit_1_and_are_named(store, no_face, tmp_pat
 
 def test_missing_model_or_photo_is_a_usage_error(store, sample_dir, tmp_path):
     photo = str(sample_dir / "images" / PHOTOS[0])
-    # No champion alias in this store yet: the default model does not exist.
-    proc = _translate(photo, "--model", f"models:/{store.name}@champion", "--tracking-uri", store.tracking_uri)
+    # An alias that was never set: the model does not exist.
+    proc = _translate(photo, "--model", f"models:/{store.name}@never-set", "--tracking-uri", store.tracking_uri)
     assert proc.returncode == 2 and "model not found" in proc.stderr
     proc = _translate(str(tmp_path / "absent.jpg"), "--model", f"models:/{store.name}/1",
                       "--tracking-uri", store.tracking_uri)
