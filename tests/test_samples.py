@@ -8,7 +8,8 @@ import torch
 from training.config import ModelConfig
 from training.inference import inference_generator
 from training.models import build_generator
-from training.samples import sample_grid, to_uint8_images
+from training.data import to_uint8_images
+from training.samples import sample_grid
 
 LABELS = ["neutral", "happy", "a-very-long-expression-name"]
 S = 32

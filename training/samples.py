@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.data import to_uint8_images
 from training.inference import inference_generator
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -29,12 +30,6 @@ def target_columns(c_dim: int, multi_label: bool, c_fixed: torch.Tensor | None, 
             c[:, j] = 1.0
         columns.append(c)
     return columns
-
-
-def to_uint8_images(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] to (N, H, W, 3) uint8 RGB."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _fit(text: str, cell: int, height: int) -> tuple[float, int, int, int]:
