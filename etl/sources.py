@@ -322,6 +322,22 @@ def _fit_row(cells: list[str], width: int) -> list[str] | None:
 # ---------------------------------------------------------------- layouts
 
 
+def _data_rows(rows, header, csv_path: Path, collector: "_Collector"):
+    """Data rows as (line, "file:line", stripped cells); wrong widths become problems, no rows an error."""
+    seen = 0
+    for line, raw_cells in rows:
+        seen += 1
+        where = f"{csv_path.name}:{line}"
+        cells = _fit_row(raw_cells, len(header))
+        if cells is None:
+            collector.problem(line, where, "malformed_row",
+                              f"expected {len(header)} fields, found {len(raw_cells)}")
+            continue
+        yield line, where, [cell.strip() for cell in cells]
+    if seen == 0:
+        raise SourceError(f"{csv_path} has a header but no rows")
+
+
 def scan_legend(
     path: str | os.PathLike,
     *,
@@ -354,16 +370,7 @@ def scan_legend(
     label_roles = [f"label {i}" for i in range(len(label_columns))]
 
     collector = _Collector()
-    seen_rows = 0
-    for line, raw_cells in rows:
-        seen_rows += 1
-        where = f"{csv_path.name}:{line}"
-        cells = _fit_row(raw_cells, len(header))
-        if cells is None:
-            collector.problem(line, where, "malformed_row",
-                              f"expected {len(header)} fields, found {len(raw_cells)}")
-            continue
-        cells = [cell.strip() for cell in cells]
+    for line, where, cells in _data_rows(rows, header, csv_path, collector):
         # Required values
         empty = [wanted[role] for role in columns if not cells[columns[role]]]
         if empty:
@@ -391,8 +398,6 @@ def scan_legend(
         ordered = tuple(label for label in vocabulary.labels if label in labels)
         record = SourceRecord(path=rel, labels=ordered, subject=subject, row=where)
         collector.candidates.append(_Candidate(line, where, _digest(cells), rel, record))
-    if seen_rows == 0:
-        raise SourceError(f"legend {csv_path} has a header but no rows")
     return collector.finish(root, vocabulary, f"legend:{csv_path}")
 
 
@@ -643,16 +648,7 @@ def scan_fer2013(
     header = header_row[1]
     columns = _header_index(header, {"emotion": "emotion", "pixels": "pixels"}, csv_path)
     collector = _Collector()
-    seen_rows = 0
-    for line, raw_cells in rows:
-        seen_rows += 1
-        where = f"{csv_path.name}:{line}"
-        cells = _fit_row(raw_cells, len(header))
-        if cells is None:
-            collector.problem(line, where, "malformed_row",
-                              f"expected {len(header)} fields, found {len(raw_cells)}")
-            continue
-        cells = [cell.strip() for cell in cells]
+    for line, where, cells in _data_rows(rows, header, csv_path, collector):
         emotion = cells[columns["emotion"]]
         if not (_is_uint(emotion) and int(emotion) < len(FER2013_LABELS)):
             collector.problem(line, where, "unknown_label",
@@ -672,8 +668,6 @@ def scan_fer2013(
         )
         identity = hashlib.sha256(pixels.tobytes()).digest()
         collector.candidates.append(_Candidate(line, where, _digest(cells), identity, record))
-    if seen_rows == 0:
-        raise SourceError(f"{csv_path} has a header but no rows")
     return collector.finish(root, EXPRESSION_VOCABULARY, f"fer2013:{csv_path}")
 
 
