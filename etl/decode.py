@@ -243,3 +243,11 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"PNG encoding failed for shape {rgb.shape}")
     return buffer.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """The HxWx3 RGB uint8 array of a PNG written by encode_png (trusted, pipeline-written bytes)."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a decodable PNG")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -20,6 +20,7 @@ from pyspark.sql.types import ArrayType, BinaryType, BooleanType, StringType, St
 from pyspark.storagelevel import StorageLevel
 
 from etl.augment import AugmentConfig, augment
+from etl.decode import decode_png
 from etl.process import STAGES, ProcessConfig, process_partition
 from etl.pseudonym import pseudonym, scrub
 from etl.sources import SourceScan
@@ -137,7 +138,8 @@ def process(spark: SparkSession, records: DataFrame, root: str, config: ProcessC
     sc = spark.sparkContext
     seconds = {stage: sc.accumulator(0.0) for stage in STAGES}
     rdd = records.rdd.mapPartitions(lambda rows: process_partition(rows, root, config, seconds))
-    processed = spark.createDataFrame(rdd, _PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    # The tuples are built by process_partition to this schema: no per-row verification pass needed.
+    processed = spark.createDataFrame(rdd, _PROCESSED_SCHEMA, verifySchema=False).persist(StorageLevel.MEMORY_AND_DISK)
     processed.count()  # the expensive pass happens once, here, under Spark's progress bar
     return processed, {stage: acc.value for stage, acc in seconds.items()}
 
@@ -223,7 +225,7 @@ def copy_plan(faces: DataFrame, labels: tuple[str, ...], config: IngestConfig) -
 
 def _face_rows(row, labels: tuple[str, ...], multi_label: bool, schema, config: IngestConfig):
     """The original face and its augmented copies, as Spark rows of the Unischema."""
-    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(row.image_png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    image = decode_png(row.image_png)
     landmarks = np.frombuffer(row.landmarks, np.float32).reshape(-1, 2)
     vector = np.zeros(len(labels), np.float32)
     for label in row.labels:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from etl.align import align_face
@@ -88,6 +89,8 @@ def process_record(root: str, record: SourceRecord, config: ProcessConfig) -> Pr
 
 def process_partition(rows, root: str, config: ProcessConfig, seconds):
     """process_record over Spark rows of records: processed-row tuples; stage seconds go to accumulators."""
+    # Spark runs one task per core: OpenCV's own thread pool would only oversubscribe the cores.
+    cv2.setNumThreads(1)
     for row in rows:
         record = SourceRecord(path=row.path, labels=tuple(row.labels), subject=row.subject, row=row.row,
                               data=row.data)

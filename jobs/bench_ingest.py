@@ -5,8 +5,9 @@
 
 All three run the same function (etl.process.process_record) over the same images. "cold" includes
 starting the workers and loading the dlib models (the loop: on its first images); "warm" is the same
-work again once they are loaded. Spark is timed from job submission to the persisted result, session
-start-up excluded.
+work again once they are loaded, measured --rounds times, alternating with the loop, and reported as
+medians (this machine's speed drifts by 10-20% between minutes). Spark is timed from job submission to
+the persisted result, session start-up excluded.
 Targets: local[2] >= 1.8x the loop, local[1] >= 0.9x.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -29,23 +31,30 @@ log = logging.getLogger("palsygan.bench_ingest")
 WARM_UP = 4
 
 
-def plain_loop(scan, config) -> tuple[float, float]:
-    """Seconds for one process to run process_record over every record: (cold, warm)."""
+def plain_loop(scan, config) -> float:
+    """Seconds for this process to run process_record over every record."""
+    from etl.process import process_record
+
+    start = time.perf_counter()
+    for record in scan.records:
+        process_record(scan.root, record, config)
+    return time.perf_counter() - start
+
+
+def plain_loop_cold(scan, config) -> float:
+    """The loop's seconds including loading the dlib models (on its first images)."""
     from etl.process import process_record
 
     start = time.perf_counter()
     for record in scan.records[:WARM_UP]:
         process_record(scan.root, record, config)  # loads the dlib models
     cold = time.perf_counter() - start
-    start = time.perf_counter()
-    for record in scan.records:
-        process_record(scan.root, record, config)
-    warm = time.perf_counter() - start
-    return cold + warm * (len(scan.records) - WARM_UP) / len(scan.records), warm
+    return cold + plain_loop(scan, config) * (len(scan.records) - WARM_UP) / len(scan.records)
 
 
-def spark_run(scan, config, master: str) -> tuple[float, float]:
-    """Seconds for Spark (given master) to process every record, session start-up excluded: (cold, warm)."""
+def spark_runs(scan, config, master: str, rounds: int, loop_seconds: list[float]) -> tuple[float, list[float]]:
+    """Seconds for Spark (given master) to process every record, session start-up excluded: (cold, warm
+    rounds); each warm round is followed by a loop round appended to loop_seconds."""
     from pyspark.sql import SparkSession
 
     from etl.pipeline import extract, process
@@ -60,15 +69,17 @@ def spark_run(scan, config, master: str) -> tuple[float, float]:
         seconds = []
         # Cold: the first job starts the Python workers, which load the dlib models.
         # Warm: the same job again on the same (now running) workers.
-        for _ in range(2):
+        for _ in range(1 + rounds):
             records, _, _ = extract(spark, scan, b"x" * 32)
             start = time.perf_counter()
             processed, _ = process(spark, records, scan.root, config)
             seconds.append(time.perf_counter() - start)
             processed.unpersist()
+            if len(seconds) > 1:
+                loop_seconds.append(plain_loop(scan, config))
     finally:
         spark.stop()
-    return seconds[0], seconds[1]
+    return seconds[0], seconds[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default=f"legend:{REPO.parent / 'shared' / 'data' / 'expressions'}")
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3, help="warm measurements of each side")
     p.add_argument("--out", type=Path, default=REPO / "output" / "bench_ingest.json")
     args = p.parse_args(argv)
 
@@ -90,17 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     n = len(scan.records)
     log.info("%d images from %s, %d cores", n, args.source, os.cpu_count())
 
-    runs = {"loop": plain_loop(scan, config)}
+    loop_warm: list[float] = []
+    cold = {"loop": plain_loop_cold(scan, config)}
+    warm = {}
     for master in ("local[1]", "local[2]"):
-        runs[master] = spark_run(scan, config, master)
+        cold[master], warm[master] = spark_runs(scan, config, master, args.rounds, loop_warm)
+    warm["loop"] = loop_warm
     targets = {"local[1]": 0.9, "local[2]": 1.8}
-    result = {"images": n, "size": args.size, "targets": targets}
-    for i, phase in enumerate(("cold", "warm")):
-        rate = {k: n / v[i] for k, v in runs.items()}
-        result[phase] = {"seconds": {k: v[i] for k, v in runs.items()}, "images_per_second": rate,
+    result = {"images": n, "size": args.size, "targets": targets, "rounds": args.rounds,
+              "warm_rounds_seconds": warm}
+    for phase, seconds in (("cold", cold), ("warm", {k: statistics.median(v) for k, v in warm.items()})):
+        rate = {k: n / v for k, v in seconds.items()}
+        result[phase] = {"seconds": seconds, "images_per_second": rate,
                          "ratio_vs_loop": {k: rate[k] / rate["loop"] for k in targets}}
-        for k in runs:
-            log.info("%s %-9s %6.1f s  %6.2f images/s  %s", phase, k, runs[k][i], rate[k],
+        for k in ("loop", *targets):
+            log.info("%s %-9s %6.1f s  %6.2f images/s  %s", phase, k, seconds[k], rate[k],
                      "" if k == "loop" else f"{rate[k] / rate['loop']:.2f}x loop (target {targets[k]}x)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

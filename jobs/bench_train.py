@@ -11,6 +11,8 @@
 - memory:   peak RSS of training on the dataset and on a 4x larger one (target ratio <= 1.15), at the
   paper's 128x128, batch 16 (reference: 3.8 GiB).
 The trainer's own throughput is its logged perf/images_per_s, median over log windows after the first.
+Each timed comparison runs its two sides alternately --rounds times and reports the median of each side
+(this machine's speed drifts by 10-20% between minutes: an A-then-B pair measured once is not a ratio).
 """
 from __future__ import annotations
 
@@ -87,14 +89,27 @@ def bare_loop(model: list[str], iters: int, threads: int, c_dim: int, batch: int
     return (time.perf_counter() - start) / (iters - warm_up)
 
 
+def alternate(rounds: int, **sides) -> dict[str, list]:
+    """Call each side's function in turn, ``rounds`` times over: every side's results, in order."""
+    results: dict[str, list] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            results[name].append(fn())
+    return results
+
+
 def bench_overhead(args, work: Path, c_dim: int) -> dict:
     """Trainer (streaming + Horovod 1 rank + tracking) against the bare in-memory loop, same config."""
     iters, log_every = 60, 10
-    trainer = run_trainer(args.dataset, work / "overhead", SMALL, iters, workers=1, threads=2, log_every=log_every)
-    bare = bare_loop(SMALL, iters, threads=2, c_dim=c_dim, batch=16, warm_up=log_every)
-    trainer_s_per_iter = 16 / trainer["images_per_s"]
-    return {"config": "cpu_small 64x64 batch 16, 2 threads", "trainer_s_per_cycle": trainer_s_per_iter * 5,
-            "bare_s_per_cycle": bare * 5, "ratio": trainer_s_per_iter / bare, "target": "<= 1.10"}
+    runs = alternate(
+        args.rounds,
+        trainer=lambda: 16 / run_trainer(args.dataset, work / f"overhead{time.monotonic_ns()}", SMALL, iters,
+                                         workers=1, threads=2, log_every=log_every)["images_per_s"],
+        bare=lambda: bare_loop(SMALL, iters, threads=2, c_dim=c_dim, batch=16, warm_up=log_every))
+    trainer_s, bare_s = statistics.median(runs["trainer"]), statistics.median(runs["bare"])
+    return {"config": "cpu_small 64x64 batch 16, 2 threads", "trainer_s_per_cycle": trainer_s * 5,
+            "bare_s_per_cycle": bare_s * 5, "ratio": trainer_s / bare_s, "target": "<= 1.10",
+            "rounds_s_per_iter": runs}
 
 
 def bench_loader(args, work: Path, c_dim: int, batches: int = 60) -> dict:
@@ -111,32 +126,44 @@ def bench_loader(args, work: Path, c_dim: int, batches: int = 60) -> dict:
     stream = open_stream(DataConfig(dataset_url=args.dataset, batch_size=16), size, rank=0, world_size=1,
                          metadata=metadata)
     next(stream)  # reader threads started
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    petastorm_rate = batches * 16 / (time.perf_counter() - start)
+
+    def petastorm_rate() -> float:
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(stream)
+        return batches * 16 / (time.perf_counter() - start)
 
     files = sorted(Path(args.dataset.removeprefix("file://"), "split=train").glob("*.parquet"))
-    start, decoded = time.perf_counter(), 0
-    while decoded < batches * 16:
-        for path in files:
-            table = pq.read_table(path, columns=["image", "labels"])
-            for png in table.column("image").to_pylist():
-                image = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                decoded += image.shape[0] > 0
-            if decoded >= batches * 16:
-                break
-    plain_rate = decoded / (time.perf_counter() - start)
-    return {"petastorm_images_per_s": petastorm_rate, "pyarrow_cv2_images_per_s": plain_rate,
-            "ratio": petastorm_rate / plain_rate, "target": ">= 0.7"}
+
+    def plain_rate() -> float:
+        start, decoded = time.perf_counter(), 0
+        while decoded < batches * 16:
+            for path in files:
+                table = pq.read_table(path, columns=["image", "labels"])
+                for png in table.column("image").to_pylist():
+                    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR),
+                                         cv2.COLOR_BGR2RGB)
+                    decoded += image.shape[0] > 0
+                if decoded >= batches * 16:
+                    break
+        return decoded / (time.perf_counter() - start)
+
+    runs = alternate(args.rounds, petastorm=petastorm_rate, plain=plain_rate)
+    petastorm, plain = statistics.median(runs["petastorm"]), statistics.median(runs["plain"])
+    return {"petastorm_images_per_s": petastorm, "pyarrow_cv2_images_per_s": plain,
+            "ratio": petastorm / plain, "target": ">= 0.7", "rounds_images_per_s": runs}
 
 
 def bench_scaling(args, work: Path, c_dim: int) -> dict:
     """horovodrun -np 2 against -np 1, one thread per worker, same config."""
-    one = run_trainer(args.dataset, work / "np1", SMALL, 40, workers=1, threads=1, log_every=10)
-    two = run_trainer(args.dataset, work / "np2", SMALL, 40, workers=2, threads=1, log_every=10)
-    return {"np1_images_per_s": one["images_per_s"], "np2_images_per_s": two["images_per_s"],
-            "ratio": two["images_per_s"] / one["images_per_s"], "target": ">= 1.8"}
+    def rate(workers: int) -> float:
+        return run_trainer(args.dataset, work / f"np{workers}-{time.monotonic_ns()}", SMALL, 40, workers=workers,
+                           threads=1, log_every=10)["images_per_s"]
+
+    runs = alternate(args.rounds, np1=lambda: rate(1), np2=lambda: rate(2))
+    one, two = statistics.median(runs["np1"]), statistics.median(runs["np2"])
+    return {"np1_images_per_s": one, "np2_images_per_s": two, "ratio": two / one, "target": ">= 1.8",
+            "rounds_images_per_s": runs}
 
 
 def bench_memory(args, work: Path, c_dim: int) -> dict:
@@ -160,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=(REPO / "output" / "dataset").as_uri())
     p.add_argument("--dataset-x4", help="the same source ingested with --augment-copies 3 where --dataset has 0 (4x the training rows)")
     p.add_argument("--only", default=",".join(BENCHES))
+    p.add_argument("--rounds", type=int, default=3, help="alternations of the two sides of each timed comparison")
     p.add_argument("--out", type=Path, default=REPO / "output" / "bench_train.json")
     args = p.parse_args(argv)
     from etl.verify import read_metadata

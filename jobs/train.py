@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--balance-classes", action="store_true", help="class-balanced sampling of the stream")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / local workers)")
+    o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: each worker uses the GPU of its local rank when CUDA is available, else the CPU")
     t = p.add_argument_group("tracking and checkpoints")
     t.add_argument("--tracking-uri", default=f"sqlite:///{OUTPUT / 'mlflow.db'}",
                    help="MLflow store: sqlite:///path (default, in output/) or http://host:port")
@@ -100,7 +102,7 @@ def build_job(args: argparse.Namespace):
                                 log_every=args.log_every,
                                 sample_every=args.sample_every),
         checkpoint=CheckpointConfig(directory=str(args.checkpoint_dir.resolve()), every=args.checkpoint_every),
-        seed=args.seed, threads=args.threads, progress=not args.no_progress,
+        seed=args.seed, threads=args.threads, progress=not args.no_progress, device=args.device,
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -52,6 +53,8 @@ def test_horovodrun_two_workers_identical_weights_and_one_run(sample_run, tmp_pa
     client = MlflowClient(uri, registry_uri=uri)
     run = _only_run(client, "hvd")  # two ranks, exactly one run
     assert run.data.params["workers"] == "2"
+    assert run.data.params["device_type"] == "cpu"
+    assert "Horovod cycle time 20.0 ms" in log  # the CPU default, set before hvd.init()
     assert run.data.params["train.model.c_dim"] == str(len(report["labels"]))
     # G and D weights identical on both ranks after training, measured on the ranks themselves.
     assert run.data.metrics["dist/G_max_abs_diff"] == 0.0
@@ -122,3 +125,27 @@ def test_sigkill_mid_run_then_rerun_resumes_from_an_intact_checkpoint(sample_run
     assert steps[-1] == 60 and resumed_at + 2 in steps
     final = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
     assert final["step"] == 60
+
+
+def test_device_choice():
+    from training.trainer import device_type
+
+    assert device_type("cpu") == "cpu"
+    assert device_type("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        device_type("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            device_type("cuda")
+
+
+def test_an_explicit_horovod_cycle_time_wins(tmp_path):
+    # horovodrun --cycle-time-ms sets HOROVOD_CYCLE_TIME for its workers; the trainer's default must not replace it.
+    code = ("import os; from training.distributed import Workers; Workers(cycle_time_ms=20.0); "
+            "print('CYCLE', os.environ['HOROVOD_CYCLE_TIME'])")
+    for env, expected in (({}, "20.0"), ({"HOROVOD_CYCLE_TIME": "3.5"}, "3.5")):
+        base = {k: v for k, v in os.environ.items() if k != "HOROVOD_CYCLE_TIME"}
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**base, **env})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"CYCLE {expected}" in proc.stdout
