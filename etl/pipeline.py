@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from petastorm.etl.dataset_metadata import materialize_dataset
 from petastorm.unischema import dict_to_spark_row
+from pyspark import RDD
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, BooleanType, StringType, StructField, StructType
@@ -30,16 +31,6 @@ from schemas.faces import QUARANTINE_SPARK_SCHEMA, SCHEMA_VERSION, SPLITS, Datas
 from schemas.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
-
-# Rows of the records DataFrame. ``path`` and ``data`` stay inside the job: outputs carry pseudonyms only.
-_RECORD_SCHEMA = StructType([
-    StructField("source_id", StringType(), False),
-    StructField("row", StringType(), False),
-    StructField("subject", StringType(), False),
-    StructField("labels", ArrayType(StringType()), False),
-    StructField("path", StringType(), False),
-    StructField("data", BinaryType(), True),
-])
 
 _PROCESSED_SCHEMA = StructType([
     StructField("source_id", StringType(), False),
@@ -107,15 +98,16 @@ def row_reference(where: str) -> str:
 # Extract
 
 
-def extract(spark: SparkSession, scan: SourceScan, salt: bytes) -> tuple[DataFrame, DataFrame, dict[str, str]]:
-    """Records and source problems as DataFrames (pseudonymised), and pseudonym -> real name for logs."""
+def extract(spark: SparkSession, scan: SourceScan, salt: bytes) -> tuple[RDD, DataFrame, dict[str, str]]:
+    """Records as an RDD of (file pseudonym, subject pseudonym, SourceRecord), source problems as a
+    DataFrame, and pseudonym -> real name for logs. Real paths stay inside the job: outputs carry
+    pseudonyms only."""
     names: dict[str, str] = {}
     records = []
     for record in scan.records:
         source_id = pseudonym(record.path, salt, "f")
         names[source_id] = f"{record.row} ({record.path})" if record.row != record.path else record.path
-        records.append((source_id, record.row, pseudonym(record.subject, salt, "p"), list(record.labels),
-                        record.path, record.data))
+        records.append((source_id, pseudonym(record.subject, salt, "p"), record))
     problems = []
     for problem in scan.problems:
         name = problem.path or problem.where
@@ -125,23 +117,34 @@ def extract(spark: SparkSession, scan: SourceScan, salt: bytes) -> tuple[DataFra
                          scrub(problem.detail, name, source_id)))
     wanted = max(spark.sparkContext.defaultParallelism * SLICES_PER_CORE, -(-len(records) // RECORDS_PER_TASK))
     slices = max(2, min(len(records) // 8 + 1, wanted))
-    records_df = spark.createDataFrame(spark.sparkContext.parallelize(records, slices), _RECORD_SCHEMA)
+    # An RDD, not a DataFrame: the records go straight to the Python workers that process them.
+    records_rdd = spark.sparkContext.parallelize(records, slices)
     problems_df = spark.createDataFrame(problems, QUARANTINE_SPARK_SCHEMA)
-    return records_df, problems_df, names
+    return records_rdd, problems_df, names
 
 
 # Transform
 
 
-def process(spark: SparkSession, records: DataFrame, root: str, config: ProcessConfig):
-    """Decode, hash, detect and align every record on the executors; persisted, with per-stage seconds."""
+def process(spark: SparkSession, records: RDD, root: str, config: ProcessConfig) -> tuple[RDD, dict[str, float]]:
+    """Decode, hash, detect and align every record on the executors: the result tuples, persisted, and
+    executor seconds per stage."""
     sc = spark.sparkContext
     seconds = {stage: sc.accumulator(0.0) for stage in STAGES}
-    rdd = records.rdd.mapPartitions(lambda rows: process_partition(rows, root, config, seconds))
-    # The tuples are built by process_partition to this schema: no per-row verification pass needed.
-    processed = spark.createDataFrame(rdd, _PROCESSED_SCHEMA, verifySchema=False).persist(StorageLevel.MEMORY_AND_DISK)
+    processed = records.mapPartitions(lambda items: process_partition(items, root, config, seconds))
+    processed = processed.persist(StorageLevel.MEMORY_AND_DISK)
     processed.count()  # the expensive pass happens once, here, under Spark's progress bar
     return processed, {stage: acc.value for stage, acc in seconds.items()}
+
+
+def as_frame(spark: SparkSession, processed: RDD) -> DataFrame:
+    """The processed tuples as a persisted DataFrame; the RDD's cached copy is released."""
+    # The tuples are built by process_partition to this schema: no per-row verification pass needed.
+    frame = spark.createDataFrame(processed, _PROCESSED_SCHEMA, verifySchema=False)
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    frame.count()
+    processed.unpersist()
+    return frame
 
 
 def dedupe(faces: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -282,6 +285,7 @@ def ingest(spark: SparkSession, scan: SourceScan, salt: bytes, config: IngestCon
     log.info("%d inputs: %d records, %d source problems", inputs, len(scan.records), len(scan.problems))
 
     processed, cpu_seconds = timer.run("process", process, spark, records, scan.root, config.process)
+    processed = timer.run("to_frame", as_frame, spark, processed)
     rejected = processed.filter(~F.col("ok")).select("source_id", "row", "stage", "reason", "detail")
 
     def transform():

@@ -87,19 +87,19 @@ def process_record(root: str, record: SourceRecord, config: ProcessConfig) -> Pr
     return ProcessedFace(png, landmarks, content_hash, clock.seconds)
 
 
-def process_partition(rows, root: str, config: ProcessConfig, seconds):
-    """process_record over Spark rows of records: processed-row tuples; stage seconds go to accumulators."""
+def process_partition(items, root: str, config: ProcessConfig, seconds):
+    """process_record over (source_id, subject pseudonym, SourceRecord) items: processed-row tuples; stage
+    seconds go to accumulators."""
     # Spark runs one task per core: OpenCV's own thread pool would only oversubscribe the cores.
     cv2.setNumThreads(1)
-    for row in rows:
-        record = SourceRecord(path=row.path, labels=tuple(row.labels), subject=row.subject, row=row.row,
-                              data=row.data)
+    for source_id, subject, record in items:
         result = process_record(root, record, config)
         for stage, value in result.seconds.items():
             seconds[stage].add(value)
+        head = (source_id, record.row, subject, list(record.labels))
         if isinstance(result, ProcessedFace):
-            yield (row.source_id, row.row, row.subject, list(row.labels), True, None, None, None,
+            yield (*head, True, None, None, None,
                    result.content_hash, result.image_png, result.landmarks.astype(np.float32).tobytes())
         else:
-            yield (row.source_id, row.row, row.subject, list(row.labels), False, result.stage, result.reason,
-                   scrub(result.detail, row.path, row.source_id), None, None, None)
+            yield (*head, False, result.stage, result.reason, scrub(result.detail, record.path, source_id),
+                   None, None, None)

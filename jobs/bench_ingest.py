@@ -7,7 +7,8 @@ All three run the same function (etl.process.process_record) over the same image
 starting the workers and loading the dlib models (the loop: on its first images); "warm" is the same
 work again once they are loaded, measured --rounds times, alternating with the loop, and reported as
 medians (this machine's speed drifts by 10-20% between minutes). Spark is timed from job submission to
-the persisted result, session start-up excluded.
+the persisted per-image results (etl.pipeline.process), session start-up excluded; turning them into a
+DataFrame is the ingest job's next stage ("to_frame" in its report), not decode+detect+align.
 Targets: local[2] >= 1.8x the loop, local[1] >= 0.9x.
 """
 from __future__ import annotations

@@ -10,7 +10,8 @@
 - scaling:  images/s of horovodrun -np 2 (1 thread each) against -np 1 (1 thread) (target >= 1.8x).
 - memory:   peak RSS of training on the dataset and on a 4x larger one (target ratio <= 1.15), at the
   paper's 128x128, batch 16 (reference: 3.8 GiB).
-The trainer's own throughput is its logged perf/images_per_s, median over log windows after the first.
+The trainer's own throughput is its logged perf/images_per_s, median over the log windows after the first
+WARM_UP_ITERS iterations (start-up, then the reader's queues filling); the bare loop skips as many.
 Each timed comparison runs its two sides alternately --rounds times and reports the median of each side
 (this machine's speed drifts by 10-20% between minutes: an A-then-B pair measured once is not a ratio).
 """
@@ -38,10 +39,12 @@ PYTHON = sys.executable
 HOROVODRUN = str(Path(PYTHON).with_name("horovodrun"))
 SMALL = ["--preset", "cpu_small", "--batch-size", "16"]
 PAPER = ["--preset", "paper", "--batch-size", "16"]
+LOG_EVERY = 10
+WARM_UP_ITERS = 30  # a multiple of LOG_EVERY: the first three log windows are warm-up
 
 
 def run_trainer(dataset: str, work: Path, model: list[str], iters: int, workers: int, threads: int,
-                log_every: int) -> dict:
+                log_every: int = LOG_EVERY, warm_up: int = WARM_UP_ITERS) -> dict:
     """Run jobs/train.py (under horovodrun when workers > 1); images/s per window and peak RSS per process."""
     uri = f"sqlite:///{work / 'mlflow.db'}"
     train = [PYTHON, str(REPO / "jobs" / "train.py"), "--dataset", dataset, *model, "--num-iters", str(iters),
@@ -60,9 +63,10 @@ def run_trainer(dataset: str, work: Path, model: list[str], iters: int, workers:
 
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("bench").experiment_id])[0]
-    rates = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "perf/images_per_s"),
-                                     key=lambda m: m.step)]
-    return {"images_per_s_windows": rates, "images_per_s": statistics.median(rates[1:] or rates),
+    history = sorted(client.get_metric_history(run.info.run_id, "perf/images_per_s"), key=lambda m: m.step)
+    rates = [m.value for m in history]
+    steady = [m.value for m in history if m.step > warm_up]
+    return {"images_per_s_windows": rates, "images_per_s": statistics.median(steady or rates),
             "peak_rss_gib": maxrss_kb / 2**20}
 
 
@@ -100,12 +104,12 @@ def alternate(rounds: int, **sides) -> dict[str, list]:
 
 def bench_overhead(args, work: Path, c_dim: int) -> dict:
     """Trainer (streaming + Horovod 1 rank + tracking) against the bare in-memory loop, same config."""
-    iters, log_every = 60, 10
+    iters = WARM_UP_ITERS + 60
     runs = alternate(
         args.rounds,
         trainer=lambda: 16 / run_trainer(args.dataset, work / f"overhead{time.monotonic_ns()}", SMALL, iters,
-                                         workers=1, threads=2, log_every=log_every)["images_per_s"],
-        bare=lambda: bare_loop(SMALL, iters, threads=2, c_dim=c_dim, batch=16, warm_up=log_every))
+                                         workers=1, threads=2)["images_per_s"],
+        bare=lambda: bare_loop(SMALL, iters, threads=2, c_dim=c_dim, batch=16, warm_up=WARM_UP_ITERS))
     trainer_s, bare_s = statistics.median(runs["trainer"]), statistics.median(runs["bare"])
     return {"config": "cpu_small 64x64 batch 16, 2 threads", "trainer_s_per_cycle": trainer_s * 5,
             "bare_s_per_cycle": bare_s * 5, "ratio": trainer_s / bare_s, "target": "<= 1.10",
@@ -157,8 +161,8 @@ def bench_loader(args, work: Path, c_dim: int, batches: int = 60) -> dict:
 def bench_scaling(args, work: Path, c_dim: int) -> dict:
     """horovodrun -np 2 against -np 1, one thread per worker, same config."""
     def rate(workers: int) -> float:
-        return run_trainer(args.dataset, work / f"np{workers}-{time.monotonic_ns()}", SMALL, 40, workers=workers,
-                           threads=1, log_every=10)["images_per_s"]
+        return run_trainer(args.dataset, work / f"np{workers}-{time.monotonic_ns()}", SMALL, WARM_UP_ITERS + 60,
+                           workers=workers, threads=1)["images_per_s"]
 
     runs = alternate(args.rounds, np1=lambda: rate(1), np2=lambda: rate(2))
     one, two = statistics.median(runs["np1"]), statistics.median(runs["np2"])
@@ -170,8 +174,8 @@ def bench_memory(args, work: Path, c_dim: int) -> dict:
     """Peak RSS of paper-config training on the dataset and on its 4x version."""
     if not args.dataset_x4:
         return {"skipped": "no --dataset-x4 given"}
-    x1 = run_trainer(args.dataset, work / "mem1", PAPER, 6, workers=1, threads=2, log_every=3)
-    x4 = run_trainer(args.dataset_x4, work / "mem4", PAPER, 6, workers=1, threads=2, log_every=3)
+    x1 = run_trainer(args.dataset, work / "mem1", PAPER, 6, workers=1, threads=2, log_every=3, warm_up=0)
+    x4 = run_trainer(args.dataset_x4, work / "mem4", PAPER, 6, workers=1, threads=2, log_every=3, warm_up=0)
     return {"x1_peak_rss_gib": x1["peak_rss_gib"], "x4_peak_rss_gib": x4["peak_rss_gib"],
             "ratio": x4["peak_rss_gib"] / x1["peak_rss_gib"], "target": "<= 1.15, and <= 3.8 GiB",
             "config": "paper 128x128 batch 16, 2 threads"}

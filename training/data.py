@@ -18,12 +18,18 @@ import numpy as np
 import torch
 from petastorm import make_batch_reader, make_reader
 from petastorm.transform import TransformSpec
+from petastorm.workers_pool import thread_pool
 
 from etl.decode import decode_png
 from etl.verify import read_metadata
 from schemas.faces import SPLITS, DatasetMetadata, FaceFields
 
 log = logging.getLogger(__name__)
+
+# petastorm's reader threads wait on their queues in 1 ms time-outs (thread_pool.IO_TIMEOUT_INTERVAL_S):
+# about 4% of a core per thread, and GIL hand-overs, taken from the training step. The time-out only
+# bounds how fast an idle thread notices the reader stopping, so 50 ms is plenty.
+READER_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ def open_rows(config: DataConfig, rank: int, world_size: int, metadata: DatasetM
     balance = _BalancedRows(train_label_counts(metadata, config.split), config.seed + rank) \
         if config.balance_classes and not metadata.multi_label else None
     read = tuple(dict.fromkeys((*fields, FaceFields.IMAGE, FaceFields.LABELS, FaceFields.LABEL_INDEX)))
+    thread_pool.IO_TIMEOUT_INTERVAL_S = max(thread_pool.IO_TIMEOUT_INTERVAL_S, READER_POLL_S)
     # A batch reader hands over whole row groups as column arrays, decoded by its threads: much less
     # per-row Python than make_reader's namedtuple per row (1.5x the images/s here).
     with warnings.catch_warnings():
