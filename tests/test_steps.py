@@ -22,6 +22,7 @@ from training.steps import (
     StepHooks,
     autocast_for,
     build_optimizers,
+    d_backward,
     d_step,
     frozen,
     g_step,
@@ -163,15 +164,52 @@ def test_d_step_backward_leaves_g_without_gradients():
     x, c_org = tiny_batch()
     c_trg = make_target_labels(c_org, torch.Generator().manual_seed(0), multi_label=False)
     d_loss, metrics = d_step(G, D, x, c_org, c_trg, cfg.loss, torch.rand(4, 1, 1, 1))
-    d_loss.backward()
+    d_backward(D, d_loss)
 
     assert set(metrics) == D_KEYS and all(isinstance(v, float) for v in metrics.values())
     lc = cfg.loss
     total = (metrics["D/loss_real"] + metrics["D/loss_fake"] + lc.lambda_cls * metrics["D/loss_cls"]
              + lc.lambda_gp * metrics["D/loss_gp"])
-    assert d_loss.item() == pytest.approx(total, rel=1e-5)
+    assert d_loss.total().item() == pytest.approx(total, rel=1e-5)
+    assert d_loss.penalty.item() == pytest.approx(lc.lambda_gp * metrics["D/loss_gp"], rel=1e-6)
     assert all(p.grad is None for p in G.parameters())
     assert all(p.grad is not None for p in D.parameters())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_d_backward_gives_the_joint_backward_gradients_completing_them_once(precision):
+    cfg = tiny_config(precision=precision)
+    G, D = tiny_models(cfg)
+    x, c_org = tiny_batch()
+    c_trg = make_target_labels(c_org, torch.Generator().manual_seed(0), multi_label=False)
+    alpha = torch.rand(4, 1, 1, 1, generator=torch.Generator().manual_seed(1))
+    d_loss, _ = d_step(G, D, x, c_org, c_trg, cfg.loss, alpha, precision)
+    d_loss.total().backward()
+    joint = [p.grad.clone() for p in D.parameters()]
+    D.zero_grad()
+
+    # Relative to each gradient's largest entry; bf16 sums the parts in another order (one bf16 rounding).
+    tolerance = 1e-6 if precision == "fp32" else 1e-2
+
+    def matches(grad: torch.Tensor, expected: torch.Tensor) -> bool:
+        return grad.stride() == expected.stride() and bool(
+            (grad - expected).abs().max() <= tolerance * expected.abs().max())
+
+    # Each parameter's accumulate-grad hook (where Horovod's allreduce hooks sit) fires exactly once,
+    # when its gradient is complete.
+    fired: dict[int, int] = {}
+    complete: dict[int, bool] = {}
+    for i, p in enumerate(D.parameters()):
+        def hook(param, i=i):
+            fired[i] = fired.get(i, 0) + 1
+            complete[i] = matches(param.grad, joint[i])
+        p.register_post_accumulate_grad_hook(hook)
+    d_loss, _ = d_step(G, D, x, c_org, c_trg, cfg.loss, alpha, precision)
+    d_backward(D, d_loss)
+
+    n = len(joint)
+    assert fired == {i: 1 for i in range(n)}
+    assert complete == {i: True for i in range(n)}
 
 
 def test_d_and_g_step_match_the_official_formulation():

@@ -1,8 +1,8 @@
 """StarGAN discriminator/generator steps and the reference training iteration.
 
-`d_step` and `g_step` only compute losses and return `(loss, {log key: float})`; the caller owns
-zero_grad / backward / optimizer.step, so the same steps serve the single-process benchmark and the
-Horovod trainer. `train_iteration` is the one training iteration both use: one D update and, every
+`d_step` and `g_step` only compute losses and return `(loss, {log key: float})` (D's loss as a `DLoss`
+of two parts, see `d_backward`); the caller owns zero_grad / backward / optimizer.step, so the same
+steps serve the single-process benchmark and the Horovod trainer. `train_iteration` is the one training iteration both use: one D update and, every
 n_critic iterations, one G update, using only standard optimizer APIs (zero_grad, step, param_groups)
 so Horovod's DistributedOptimizer can be passed in unchanged.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import ContextManager
+from typing import ContextManager, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,35 @@ def make_target_labels(c_org: torch.Tensor, generator: torch.Generator, multi_la
     return F.one_hot(idx, c_dim).to(c_org.dtype)
 
 
+class DLoss(NamedTuple):
+    """D's loss in two parts: d_loss_real + d_loss_fake + lambda_cls*d_loss_cls, and lambda_gp*d_loss_gp."""
+
+    main: torch.Tensor
+    penalty: torch.Tensor
+
+    def total(self) -> torch.Tensor:
+        """d_loss, the sum of both parts."""
+        return self.main + self.penalty
+
+
+def d_backward(D: nn.Module, d_loss: DLoss) -> None:
+    """Accumulate d_loss's gradient into D's parameters: the penalty's part first, then the main part's."""
+    # The same gradients as d_loss.total().backward(), in an order that lets a distributed optimizer
+    # average them while they are computed. In one joint backward every parameter's gradient is only
+    # complete at the very end (the penalty's double backward runs through D's whole graph last), so
+    # each worker sits idle while they are averaged. autograd.grad fires no gradient hooks; the main
+    # part's backward then completes D's gradients from the output layers (most of the parameters)
+    # down, each hook firing as its layer is done.
+    params = [p for p in D.parameters() if p.requires_grad]
+    for p, grad in zip(params, torch.autograd.grad(d_loss.penalty, params, allow_unused=True)):
+        if grad is None:
+            continue
+        if grad.stride() != p.stride():  # the double backward's layout: accumulate in the parameter's own
+            grad = torch.empty_like(p).copy_(grad)
+        p.grad = grad if p.grad is None else p.grad + grad
+    d_loss.main.backward()
+
+
 def d_step(
     G: nn.Module,
     D: nn.Module,
@@ -74,7 +103,7 @@ def d_step(
     loss_cfg: LossConfig,
     alpha: torch.Tensor,
     precision: str = "fp32",
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[DLoss, dict[str, float]]:
     """Discriminator loss d_loss_real + d_loss_fake + lambda_cls*d_loss_cls + lambda_gp*d_loss_gp."""
     device = x_real.device
 
@@ -96,7 +125,7 @@ def d_step(
     # Compute loss with fake images.
     d_loss_fake = out_src_fake.mean()
 
-    d_loss = d_loss_real + d_loss_fake + loss_cfg.lambda_cls * d_loss_cls + loss_cfg.lambda_gp * d_loss_gp
+    d_loss = DLoss(d_loss_real + d_loss_fake + loss_cfg.lambda_cls * d_loss_cls, loss_cfg.lambda_gp * d_loss_gp)
     return d_loss, {
         "D/loss_real": d_loss_real.item(),
         "D/loss_fake": d_loss_fake.item(),
@@ -184,7 +213,7 @@ def train_iteration(
     # Train the discriminator.
     d_loss, metrics = d_step(G, D, x_real, c_org, c_trg, cfg.loss, alpha, cfg.precision)
     d_opt.zero_grad()
-    d_loss.backward()
+    d_backward(D, d_loss)
     hooks.before_d_step(d_opt)
     d_opt.step()
     d_opt.zero_grad()  # D's gradients are not needed until the next D update: free them now
