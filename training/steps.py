@@ -2,9 +2,10 @@
 
 `d_step` and `g_step` only compute losses and return `(loss, {log key: float})` (D's loss as a `DLoss`
 of two parts, see `d_backward`); the caller owns zero_grad / backward / optimizer.step, so the same
-steps serve the single-process benchmark and the Horovod trainer. `train_iteration` is the one training iteration both use: one D update and, every
-n_critic iterations, one G update, using only standard optimizer APIs (zero_grad, step, param_groups)
-so Horovod's DistributedOptimizer can be passed in unchanged.
+steps serve the single-process benchmark and the Horovod trainer. `train_iteration` is the one training
+iteration both use: one D update and, every n_critic iterations, one G update, using only standard
+optimizer APIs (zero_grad, step, param_groups) so Horovod's DistributedOptimizer can be passed in
+unchanged.
 
 Precision: with precision="bf16" the forward passes run under torch.autocast(device_type,
 torch.bfloat16); parameters, gradients and optimizer state stay fp32, and loss reductions and the
