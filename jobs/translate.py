@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         written = save_translation(result, args.output / name)
         done += 1
-        log.info("%s: %d targets (%s) -> %s (%d files)", photo, len(targets), ", ".join(targets),
-                 args.output / name, len(written))
+        log.info("%s: %d target%s (%s) -> %s (%d files)", photo, len(targets), "" if len(targets) == 1 else "s",
+                 ", ".join(targets), args.output / name, len(written))
     if not photos:
         log.error("no photos found in %s", ", ".join(map(str, args.photos)))
     log.info("translated %d of %d photos", done, len(photos))

@@ -69,14 +69,22 @@ def test_every_target_a_grid_and_paste_back_from_the_registry(store, labels, sam
     assert not (tmp_path / no_face.stem).exists()
 
 
-def test_chosen_targets_only(store, sample_dir, tmp_path):
+def test_chosen_targets_only_named_as_the_vocabulary_allows(store, sample_dir, tmp_path):
     photo = sample_dir / "images" / PHOTOS[0]
-    proc = _translate(str(photo), "--model", f"models:/{store.name}/1", "--tracking-uri", store.tracking_uri,
-                      "--output", str(tmp_path), "--targets", "happiness,neutral")
+    model = ["--model", f"models:/{store.name}/1", "--tracking-uri", store.tracking_uri, "--output", str(tmp_path)]
+    proc = _translate(str(photo), *model, "--targets", "happy, Neutral,happiness")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 targets (happiness, neutral)" in proc.stderr
     folder = tmp_path / photo.stem
     assert sorted(p.name for p in folder.iterdir()) == ["aligned.png", "grid.png", "happiness.png", "neutral.png"]
     assert cv2.imread(str(folder / "grid.png")).shape[1] == 3 * GRID_MIN_CELL
+
+    # A rerun into the same folder replaces the earlier run's images.
+    proc = _translate(str(photo), *model, "--targets", "sad", "--paste-back")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 target (sadness)" in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["aligned.png", "grid.png", "pasted", "sadness.png"]
+    assert [p.name for p in (folder / "pasted").iterdir()] == ["sadness.png"]
 
 
 def test_unknown_target_lists_the_known_ones(store, labels, sample_dir, tmp_path):

@@ -131,7 +131,7 @@ def train_classifier(train: FaceSplit, c_dim: int, image_size: int, config: Clas
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
             sched.step()
             if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == config.epochs:
                 logger.info("classifier epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / len(order))

@@ -26,6 +26,7 @@ from etl.face import FacePolicy
 from etl.process import ProcessConfig
 from training.data import to_model_input, to_uint8_images
 from training.registry import ModelNotFound, source_run_id
+from schemas.vocabulary import UnknownLabel, canonical_label
 from training.samples import labelled_grid
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Translator:
 
     def check_targets(self, targets: Iterable[str] | None) -> tuple[str, ...]:
         """The requested targets (all labels when None or empty); UnknownTarget names the known ones."""
-        targets = tuple(targets or ())
+        targets = tuple(dict.fromkeys(self._label_for(t) for t in targets or ()))
         if not targets:
             return self.labels
         unknown = [t for t in targets if t not in self.labels]
@@ -89,6 +90,15 @@ class Translator:
             raise UnknownTarget(f"unknown target expression{'s' if len(unknown) > 1 else ''} "
                                 f"{', '.join(map(repr, unknown))}; the model knows: {', '.join(self.labels)}")
         return targets
+
+    def _label_for(self, target: str) -> str:
+        """A target as the model's label: expression synonyms and spellings (happy, Happiness) canonicalised."""
+        if target in self.labels or self.multi_label:
+            return target
+        try:
+            return canonical_label(target)
+        except UnknownLabel:
+            return target
 
     def target_vectors(self, targets: Sequence[str], n: int) -> list[torch.Tensor]:
         """One (n, c_dim) one-hot label batch per target."""
@@ -259,8 +269,11 @@ def _file_name(label: str) -> str:
 
 
 def save_translation(result: PhotoTranslation, folder: Path) -> list[Path]:
-    """Write aligned.png, <target>.png per target, grid.png and pasted/<target>.png; return the paths."""
+    """Write aligned.png, <target>.png per target, grid.png and pasted/<target>.png (replacing the images
+    of an earlier run in that folder); return the paths."""
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.glob("*.png"), *(folder / "pasted").glob("*.png")]:
+        stale.unlink()
     images = {folder / "aligned.png": result.face.image, folder / "grid.png": result.grid}
     images.update({folder / f"{_file_name(t)}.png": image for t, image in result.outputs.items()})
     images.update({folder / "pasted" / f"{_file_name(t)}.png": image for t, image in result.pasted.items()})
