@@ -85,6 +85,9 @@ def test_chosen_targets_only_named_as_the_vocabulary_allows(store, sample_dir, t
     assert "1 target (sadness)" in proc.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["aligned.png", "grid.png", "pasted", "sadness.png"]
     assert [p.name for p in (folder / "pasted").iterdir()] == ["sadness.png"]
+    proc = _translate(str(photo), *model, "--targets", "neutral")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == ["aligned.png", "grid.png", "neutral.png"]
 
 
 def test_unknown_target_lists_the_known_ones(store, labels, sample_dir, tmp_path):

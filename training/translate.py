@@ -24,9 +24,9 @@ from etl.align import AlignedFace, align_face, paste_back
 from etl.decode import encode_png
 from etl.face import FacePolicy
 from etl.process import ProcessConfig
+from schemas.vocabulary import UnknownLabel, canonical_label
 from training.data import to_model_input, to_uint8_images
 from training.registry import ModelNotFound, source_run_id
-from schemas.vocabulary import UnknownLabel, canonical_label
 from training.samples import labelled_grid
 
 logger = logging.getLogger(__name__)
@@ -274,6 +274,8 @@ def save_translation(result: PhotoTranslation, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob("*.png"), *(folder / "pasted").glob("*.png")]:
         stale.unlink()
+    if (folder / "pasted").is_dir() and not result.pasted and not any((folder / "pasted").iterdir()):
+        (folder / "pasted").rmdir()
     images = {folder / "aligned.png": result.face.image, folder / "grid.png": result.grid}
     images.update({folder / f"{_file_name(t)}.png": image for t, image in result.outputs.items()})
     images.update({folder / "pasted" / f"{_file_name(t)}.png": image for t, image in result.pasted.items()})
