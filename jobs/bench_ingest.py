@@ -80,10 +80,10 @@ def spark_runs(scan, config, master: str, rounds: int, loop_seconds: list[float]
             seconds.append(time.perf_counter() - start)
             start = time.perf_counter()
             frame = as_frame(spark, processed)
-            if len(seconds) > 1:
-                to_frame_seconds.append(time.perf_counter() - start)
+            converted = time.perf_counter() - start
             frame.unpersist()
             if len(seconds) > 1:
+                to_frame_seconds.append(converted)
                 loop_seconds.append(plain_loop(scan, config))
     finally:
         spark.stop()

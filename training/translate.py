@@ -274,8 +274,8 @@ def save_translation(result: PhotoTranslation, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob("*.png"), *(folder / "pasted").glob("*.png")]:
         stale.unlink()
-    if (folder / "pasted").is_dir() and not result.pasted and not any((folder / "pasted").iterdir()):
-        (folder / "pasted").rmdir()
+    if (folder / "pasted").is_dir() and not any((folder / "pasted").iterdir()):
+        (folder / "pasted").rmdir()  # made again below when this run pastes back
     images = {folder / "aligned.png": result.face.image, folder / "grid.png": result.grid}
     images.update({folder / f"{_file_name(t)}.png": image for t, image in result.outputs.items()})
     images.update({folder / "pasted" / f"{_file_name(t)}.png": image for t, image in result.pasted.items()})
