@@ -79,7 +79,7 @@ def bare_loop(model: list[str], iters: int, threads: int, c_dim: int, batch: int
     from jobs.train import build_job, parse_args
     from training.config import with_c_dim
     from training.models import build_discriminator, build_generator
-    from training.steps import build_optimizers, train_iteration
+    from training.steps import DeferredStep, build_optimizers, train_iteration
 
     torch.set_num_threads(threads)
     cfg = with_c_dim(build_job(parse_args([*model, "--num-iters", str(iters)])).train, c_dim)
@@ -88,10 +88,12 @@ def bare_loop(model: list[str], iters: int, threads: int, c_dim: int, batch: int
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, cfg.model.image_size, cfg.model.image_size) * 2 - 1
     c = torch.nn.functional.one_hot(torch.arange(batch) % c_dim, c_dim).float()
+    d_update = DeferredStep(d_opt)  # as in the trainer
     for step in range(iters):
         if step == warm_up:
             start = time.perf_counter()
-        train_iteration(G, D, g_opt, d_opt, x, c, step, cfg, gen)
+        train_iteration(G, D, g_opt, d_opt, x, c, step, cfg, gen, d_update=d_update)
+    d_update.apply()
     return (time.perf_counter() - start) / (iters - warm_up)
 
 

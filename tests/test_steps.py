@@ -19,6 +19,7 @@ from training.config import (
 )
 from training.models import build_discriminator, build_generator
 from training.steps import (
+    DeferredStep,
     StepHooks,
     autocast_for,
     build_optimizers,
@@ -292,6 +293,56 @@ def test_train_iteration_updates_g_every_n_critic_and_sets_lr():
     train_iteration(G, D, g_opt, d_opt, x, c_org, 3, cfg, gen, hooks)
     assert d_opt.param_groups[0]["lr"] == pytest.approx(lr_at(3, cfg.optim.d_lr, cfg.optim)) == pytest.approx(5e-5)
     assert g_opt.param_groups[0]["lr"] == pytest.approx(5e-5)
+
+
+def test_deferred_d_updates_give_the_weights_and_state_of_immediate_ones():
+    # n_critic=3 over 7 iterations: D's pending update is applied by the next D step, before G steps
+    # (iterations 2 and 5) and by the caller at the end; lr decays over the last 4, so a pending update
+    # applied at the next iteration's rate would show.
+    cfg = tiny_config(optim=OptimConfig(n_critic=3, num_iters=7, num_iters_decay=4))
+    x, c_org = tiny_batch()
+    runs = {}
+    for mode in ("immediate", "deferred"):
+        G, D = tiny_models(cfg)
+        g_opt, d_opt = build_optimizers(G, D, cfg.optim)
+        gen = torch.Generator().manual_seed(0)
+        d_update = DeferredStep(d_opt) if mode == "deferred" else None
+        history, d_weights = [], [params_of(D)]
+        for step in range(7):
+            history.append(train_iteration(G, D, g_opt, d_opt, x, c_org, step, cfg, gen, d_update=d_update))
+            d_weights.append(params_of(D))
+            if d_update is not None:  # pending, at its own iteration's rate, unless a G step applied it
+                pending = None if step % 3 == 2 else pytest.approx(lr_at(step, cfg.optim.d_lr, cfg.optim))
+                assert d_update.lr == pending
+        if d_update is not None:
+            d_update.apply()
+            assert d_update.lr is None and all(p.grad is None for p in D.parameters())
+        d_weights.append(params_of(D))
+        runs[mode] = (history, d_weights, G.state_dict(), D.state_dict(), g_opt.state_dict(), d_opt.state_dict())
+
+    (h1, w1, *states1), (h2, w2, *states2) = runs["immediate"], runs["deferred"]
+    assert h1 == h2
+    # After each deferred iteration D holds the previous iteration's update, except after a G step.
+    for step in range(7):
+        expected = w1[step + 1] if step % 3 == 2 else w1[step]
+        assert all(torch.equal(a, b) for a, b in zip(expected, w2[step + 1])), step
+    assert all(torch.equal(a, b) for a, b in zip(w1[-1], w2[-1]))
+    for a, b in zip(states1[:2], states2[:2]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for a, b in zip(states1[2:], states2[2:]):
+        assert a["param_groups"] == b["param_groups"]
+        assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
+
+
+def test_deferred_step_refuses_a_second_pending_update():
+    cfg = tiny_config()
+    G, D = tiny_models(cfg)
+    _, d_opt = build_optimizers(G, D, cfg.optim)
+    d_update = DeferredStep(d_opt)
+    d_update.apply()  # nothing pending: nothing happens
+    d_update.defer(1e-4)
+    with pytest.raises(RuntimeError, match="already pending"):
+        d_update.defer(1e-4)
 
 
 def _run(cfg, steps, seed=0):

@@ -104,13 +104,19 @@ def d_step(
     loss_cfg: LossConfig,
     alpha: torch.Tensor,
     precision: str = "fp32",
+    d_update: DeferredStep | None = None,
 ) -> tuple[DLoss, dict[str, float]]:
-    """Discriminator loss d_loss_real + d_loss_fake + lambda_cls*d_loss_cls + lambda_gp*d_loss_gp."""
+    """Discriminator loss d_loss_real + d_loss_fake + lambda_cls*d_loss_cls + lambda_gp*d_loss_gp.
+
+    A pending `d_update` (the previous iteration's) is applied once G has run, right before D is used.
+    """
     device = x_real.device
 
     # Translate to the target domains (no graph: D's loss never reaches G).
     with torch.no_grad(), autocast_for(device, precision):
         x_fake = G(x_real, c_trg)
+    if d_update is not None:
+        d_update.apply()
 
     with autocast_for(device, precision):
         # Real and fake images in one D pass (D has no batch statistics, so this equals two passes).
@@ -143,13 +149,22 @@ def g_step(
     c_trg: torch.Tensor,
     loss_cfg: LossConfig,
     precision: str = "fp32",
+    d_update: DeferredStep | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Generator loss g_loss_fake + lambda_rec*g_loss_rec + lambda_cls*g_loss_cls, with D frozen."""
+    """Generator loss g_loss_fake + lambda_rec*g_loss_rec + lambda_cls*g_loss_cls, with D frozen.
+
+    A pending `d_update` is applied after G's first pass, right before D is used.
+    """
     device = x_real.device
 
-    # Original-to-target and target-to-original domain, with D's parameters out of the graph.
-    with frozen(D), autocast_for(device, precision):
+    # Original-to-target domain.
+    with autocast_for(device, precision):
         x_fake = G(x_real, c_trg)
+    if d_update is not None:
+        d_update.apply()
+
+    # D's verdict and target-to-original domain, with D's parameters out of the graph.
+    with frozen(D), autocast_for(device, precision):
         out_src, out_cls = D(x_fake)
         x_reconst = G(x_fake, c_org)
 
@@ -186,6 +201,36 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+class DeferredStep:
+    """An optimizer update whose gradients are computed but not yet applied (under Horovod: being averaged).
+
+    `train_iteration` leaves D's update pending after D's backward; `d_step` and `g_step` apply it only
+    when D is next needed, after their first G pass (the next D step's x_fake, or the G step's). Meanwhile
+    Horovod averages D's gradients, instead of every worker waiting for that at the end of D's backward.
+    The weights are the same as with an immediate update: that G pass does not read D. Whoever reads D or
+    its optimizer between iterations (a checkpoint, the end of training) calls `apply` first.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.lr: float | None = None  # the learning rate of the pending update; None: nothing pending
+
+    def defer(self, lr: float) -> None:
+        """Mark the optimizer's current gradients as an update to apply later, at learning rate ``lr``."""
+        if self.lr is not None:
+            raise RuntimeError("an update is already pending: apply it before computing the next one")
+        self.lr = lr
+
+    def apply(self) -> None:
+        """Apply the pending update, if any (waiting for its gradients' averaging), and free the gradients."""
+        if self.lr is None:
+            return
+        set_lr(self.optimizer, self.lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad()  # not needed until the next update: free them now
+        self.lr = None
+
+
 def train_iteration(
     G: nn.Module,
     D: nn.Module,
@@ -198,13 +243,19 @@ def train_iteration(
     gen: torch.Generator,
     hooks: StepHooks | None = None,
     world_size: int = 1,
+    d_update: DeferredStep | None = None,
 ) -> dict[str, float]:
-    """One StarGAN iteration at 0-based `step`: a D update, plus a G update when (step+1) % n_critic == 0."""
+    """One StarGAN iteration at 0-based `step`: a D update, plus a G update when (step+1) % n_critic == 0.
+
+    With a `d_update` (one per training run) D's update is left pending in it (see `DeferredStep`);
+    without one it is applied before returning.
+    """
     hooks = hooks if hooks is not None else StepHooks()
+    immediate = d_update is None
+    d_update = DeferredStep(d_opt) if immediate else d_update
     optim_cfg = cfg.optim
 
     # Schedules are functions of the step.
-    set_lr(d_opt, lr_at(step, optim_cfg.d_lr, optim_cfg, world_size))
     set_lr(g_opt, lr_at(step, optim_cfg.g_lr, optim_cfg, world_size))
 
     # Generate target domain labels and the gradient-penalty mixing weights.
@@ -212,22 +263,23 @@ def train_iteration(
     alpha = torch.rand(x_real.size(0), 1, 1, 1, generator=gen, device=gen.device).to(x_real.device)
 
     # Train the discriminator.
-    d_loss, metrics = d_step(G, D, x_real, c_org, c_trg, cfg.loss, alpha, cfg.precision)
+    d_loss, metrics = d_step(G, D, x_real, c_org, c_trg, cfg.loss, alpha, cfg.precision, d_update)
     d_opt.zero_grad()
     d_backward(D, d_loss)
     hooks.before_d_step(d_opt)
-    d_opt.step()
-    d_opt.zero_grad()  # D's gradients are not needed until the next D update: free them now
+    d_update.defer(lr_at(step, optim_cfg.d_lr, optim_cfg, world_size))
 
-    # Train the generator.
+    # Train the generator (against the updated D).
     if (step + 1) % optim_cfg.n_critic == 0:
-        g_loss, g_metrics = g_step(G, D, x_real, c_org, c_trg, cfg.loss, cfg.precision)
+        g_loss, g_metrics = g_step(G, D, x_real, c_org, c_trg, cfg.loss, cfg.precision, d_update)
         g_opt.zero_grad()
         g_loss.backward()
         hooks.before_g_step(g_opt)
         g_opt.step()
         g_opt.zero_grad()
         metrics.update(g_metrics)
+    if immediate:
+        d_update.apply()
     return metrics
 
 

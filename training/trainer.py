@@ -14,12 +14,12 @@ from tqdm import tqdm
 from etl.verify import read_metadata
 from schemas.faces import SCHEMA_VERSION, SPLITS, DatasetMetadata
 from training.checkpoint import latest_checkpoint, load_checkpoint, make_state, restore_state, save_checkpoint
-from training.config import TrainConfig, with_c_dim
+from training.config import TrainConfig, lr_at, with_c_dim
 from training.data import DataConfig, fixed_faces, open_stream
 from training.distributed import Workers
 from training.models import build_discriminator, build_generator
 from training.samples import sample_grid
-from training.steps import build_optimizers, train_iteration
+from training.steps import DeferredStep, build_optimizers, train_iteration
 from training.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ def train(job: JobConfig) -> TrainResult:
     stream = open_stream(job.data, cfg.model.image_size, workers.rank, workers.size, metadata)
     progress = _Progress(job.progress and workers.is_rank0, start, cfg.optim.num_iters,
                          job.data.batch_size * workers.size)
+    d_update = DeferredStep(d_opt)  # D's update waits in here while Horovod averages its gradients
     G.train(), D.train()
     metrics: dict[str, float] = {}
     window: dict[str, list[float]] = {}
@@ -231,7 +232,8 @@ def train(job: JobConfig) -> TrainResult:
             gen.manual_seed(hash((job.seed, workers.rank, step)) & 0x7FFF_FFFF_FFFF)
             x_real = batch.x.to(device, non_blocking=True)
             c_org = batch.c.to(device, non_blocking=True)
-            losses = train_iteration(G, D, g_opt, d_opt, x_real, c_org, step, cfg, gen, world_size=workers.size)
+            losses = train_iteration(G, D, g_opt, d_opt, x_real, c_org, step, cfg, gen, world_size=workers.size,
+                                     d_update=d_update)
             for key, value in losses.items():
                 window.setdefault(key, []).append(value)
             done = step + 1
@@ -241,18 +243,21 @@ def train(job: JobConfig) -> TrainResult:
                 window = {}
                 rate = progress.update(done, metrics)
                 tracker.log_metrics({**metrics, "perf/images_per_s": rate,
-                                     "lr/G": g_opt.param_groups[0]["lr"], "lr/D": d_opt.param_groups[0]["lr"]},
+                                     **{f"lr/{net}": lr_at(step, base_lr, cfg.optim, workers.size)
+                                        for net, base_lr in (("G", cfg.optim.g_lr), ("D", cfg.optim.d_lr))}},
                                     step=done)
             if x_fixed is not None and done % job.tracking.sample_every == 0:
                 tracker.log_image(sample_grid(G, x_fixed, list(metadata.labels), cfg.model.c_dim,
                                               metadata.multi_label, c_fixed=c_fixed), "samples", step=done)
             if job.checkpoint.directory and (done % job.checkpoint.every == 0 or done == cfg.optim.num_iters):
+                d_update.apply()  # on every rank (the update waits for its allreduce): D is saved whole
                 if workers.is_rank0:
                     path = save_checkpoint(ckpt_dir, make_state(done, G, D, g_opt, d_opt, gen, tracker.run_id,
                                                                 meta, flat_params(job)),
                                            done, keep=job.checkpoint.keep)
                     if job.checkpoint.log_to_tracking and done == cfg.optim.num_iters:
                         tracker.log_artifact(path, "checkpoints")
+        d_update.apply()
         progress.close()
         stream.close()
 
