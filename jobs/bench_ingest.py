@@ -4,8 +4,8 @@
         --out output/bench_ingest.json
 
 All three run the same function (etl.process.process_record) over the same images, OpenCV on one thread
-as in each Spark task; the warm rounds also time the loop with OpenCV's default threads (all the cores,
-for its few threaded calls: resizes and warps), "loop_cv2_all_cores", and report ratios against it. "cold" includes
+as in each Spark task; the warm rounds also time the loop with OpenCV's default threads ("loop_cv2_all_cores":
+all the cores, for its few threaded calls, resizes and warps) and report ratios against it. "cold" includes
 starting the workers and loading the dlib models (the loop: on its first images); "warm" is the same
 work again once they are loaded, measured --rounds times, alternating with the loop, and reported as
 medians (this machine's speed drifts by 10-20% between minutes). Spark is timed from job submission to
@@ -38,9 +38,9 @@ WARM_UP = 4
 LOOPS = {"loop": 1, "loop_cv2_all_cores": -1}
 
 
-def plain_loop(scan, config, cv2_threads: int = 1) -> float:
-    """Seconds for this process to run process_record over every record, OpenCV on cv2_threads threads
-    (1, as in every Spark task; -1: OpenCV's default, all the cores)."""
+def plain_loop(scan, config, cv2_threads: int = 1, records=None) -> float:
+    """Seconds for this process to run process_record over every record (or the given ones), OpenCV on
+    cv2_threads threads (1, as in every Spark task; -1: OpenCV's default, all the cores)."""
     import cv2
 
     from etl.process import process_record
@@ -49,7 +49,7 @@ def plain_loop(scan, config, cv2_threads: int = 1) -> float:
     cv2.setNumThreads(cv2_threads)
     try:
         start = time.perf_counter()
-        for record in scan.records:
+        for record in scan.records if records is None else records:
             process_record(scan.root, record, config)
         return time.perf_counter() - start
     finally:
@@ -58,12 +58,7 @@ def plain_loop(scan, config, cv2_threads: int = 1) -> float:
 
 def plain_loop_cold(scan, config) -> float:
     """The loop's seconds including loading the dlib models (on its first images)."""
-    from etl.process import process_record
-
-    start = time.perf_counter()
-    for record in scan.records[:WARM_UP]:
-        process_record(scan.root, record, config)  # loads the dlib models
-    cold = time.perf_counter() - start
+    cold = plain_loop(scan, config, records=scan.records[:WARM_UP])  # loads the dlib models
     return cold + plain_loop(scan, config) * (len(scan.records) - WARM_UP) / len(scan.records)
 
 

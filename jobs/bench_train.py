@@ -141,7 +141,7 @@ def bench_loader(args, work: Path, c_dim: int, batches: int = 200) -> dict:
     def petastorm_rate() -> float:
         # A new stream each round, closed before the other side runs: its reader threads neither decode
         # ahead between rounds nor take the plain loop's cores. Timing starts at its first batch (threads
-        # started, shuffle buffer full); 200 batches are many times what its queues hold.
+        # started, shuffle buffer full); 200 batches are about four times what its queues and buffer hold.
         stream = open_stream(DataConfig(dataset_url=args.dataset, batch_size=16), size, rank=0, world_size=1,
                              metadata=metadata)
         try:
