@@ -28,6 +28,7 @@ from training.steps import (
     frozen,
     g_step,
     make_target_labels,
+    set_lr,
     train_iteration,
 )
 
@@ -295,21 +296,46 @@ def test_train_iteration_updates_g_every_n_critic_and_sets_lr():
     assert g_opt.param_groups[0]["lr"] == pytest.approx(5e-5)
 
 
+def _reference_iteration(G, D, g_opt, d_opt, x_real, c_org, step, cfg, gen):
+    """The iteration written out with D's update applied at once, before anything else runs."""
+    optim_cfg = cfg.optim
+    set_lr(d_opt, lr_at(step, optim_cfg.d_lr, optim_cfg))
+    set_lr(g_opt, lr_at(step, optim_cfg.g_lr, optim_cfg))
+    c_trg = make_target_labels(c_org, gen, cfg.loss.multi_label)
+    alpha = torch.rand(x_real.size(0), 1, 1, 1, generator=gen)
+    d_loss, metrics = d_step(G, D, x_real, c_org, c_trg, cfg.loss, alpha, cfg.precision)
+    d_opt.zero_grad()
+    d_backward(D, d_loss)
+    d_opt.step()
+    d_opt.zero_grad()
+    if (step + 1) % optim_cfg.n_critic == 0:
+        g_loss, g_metrics = g_step(G, D, x_real, c_org, c_trg, cfg.loss, cfg.precision)
+        g_opt.zero_grad()
+        g_loss.backward()
+        g_opt.step()
+        g_opt.zero_grad()
+        metrics.update(g_metrics)
+    return metrics
+
+
 def test_deferred_d_updates_give_the_weights_and_state_of_immediate_ones():
-    # n_critic=3 over 7 iterations: D's pending update is applied by the next D step, before G steps
+    # n_critic=3 over 7 iterations: D's pending update is applied by the next D step, inside G steps
     # (iterations 2 and 5) and by the caller at the end; lr decays over the last 4, so a pending update
-    # applied at the next iteration's rate would show.
+    # applied at the next iteration's rate would show, as would one applied after D was used.
     cfg = tiny_config(optim=OptimConfig(n_critic=3, num_iters=7, num_iters_decay=4))
     x, c_org = tiny_batch()
     runs = {}
-    for mode in ("immediate", "deferred"):
+    for mode in ("reference", "immediate", "deferred"):
         G, D = tiny_models(cfg)
         g_opt, d_opt = build_optimizers(G, D, cfg.optim)
         gen = torch.Generator().manual_seed(0)
         d_update = DeferredStep(d_opt) if mode == "deferred" else None
         history, d_weights = [], [params_of(D)]
         for step in range(7):
-            history.append(train_iteration(G, D, g_opt, d_opt, x, c_org, step, cfg, gen, d_update=d_update))
+            if mode == "reference":
+                history.append(_reference_iteration(G, D, g_opt, d_opt, x, c_org, step, cfg, gen))
+            else:
+                history.append(train_iteration(G, D, g_opt, d_opt, x, c_org, step, cfg, gen, d_update=d_update))
             d_weights.append(params_of(D))
             if d_update is not None:  # pending, at its own iteration's rate, unless a G step applied it
                 pending = None if step % 3 == 2 else pytest.approx(lr_at(step, cfg.optim.d_lr, cfg.optim))
@@ -320,21 +346,23 @@ def test_deferred_d_updates_give_the_weights_and_state_of_immediate_ones():
         d_weights.append(params_of(D))
         runs[mode] = (history, d_weights, G.state_dict(), D.state_dict(), g_opt.state_dict(), d_opt.state_dict())
 
-    (h1, w1, *states1), (h2, w2, *states2) = runs["immediate"], runs["deferred"]
-    assert h1 == h2
-    # After each deferred iteration D holds the previous iteration's update, except after a G step.
-    for step in range(7):
-        expected = w1[step + 1] if step % 3 == 2 else w1[step]
-        assert all(torch.equal(a, b) for a, b in zip(expected, w2[step + 1])), step
-    assert all(torch.equal(a, b) for a, b in zip(w1[-1], w2[-1]))
-    for a, b in zip(states1[:2], states2[:2]):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    for a, b in zip(states1[2:], states2[2:]):
-        assert a["param_groups"] == b["param_groups"]
-        assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
+    history, weights, *states = runs["reference"]
+    for mode in ("immediate", "deferred"):
+        h, w, *s = runs[mode]
+        assert h == history, mode
+        # D after each iteration: the reference's; when deferred, the previous one's, except after a G step.
+        for step in range(7):
+            expected = weights[step + 1] if mode == "immediate" or step % 3 == 2 else weights[step]
+            assert all(torch.equal(a, b) for a, b in zip(expected, w[step + 1])), (mode, step)
+        assert all(torch.equal(a, b) for a, b in zip(weights[-1], w[-1])), mode
+        for a, b in zip(states[:2], s[:2]):
+            assert all(torch.equal(a[k], b[k]) for k in a), mode
+        for a, b in zip(states[2:], s[2:]):
+            assert a["param_groups"] == b["param_groups"], mode
+            assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
 
 
-def test_deferred_step_refuses_a_second_pending_update():
+def test_deferred_step_refuses_a_second_pending_update_and_another_optimizer():
     cfg = tiny_config()
     G, D = tiny_models(cfg)
     _, d_opt = build_optimizers(G, D, cfg.optim)
@@ -343,6 +371,10 @@ def test_deferred_step_refuses_a_second_pending_update():
     d_update.defer(1e-4)
     with pytest.raises(RuntimeError, match="already pending"):
         d_update.defer(1e-4)
+    g_opt, other = build_optimizers(G, D, cfg.optim)
+    x, c_org = tiny_batch()
+    with pytest.raises(ValueError, match="this iteration's d_opt"):
+        train_iteration(G, D, g_opt, other, x, c_org, 0, cfg, torch.Generator(), d_update=d_update)
 
 
 def _run(cfg, steps, seed=0):

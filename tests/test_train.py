@@ -112,7 +112,8 @@ def test_sigkill_mid_run_then_rerun_resumes_from_an_intact_checkpoint(sample_run
         victim.wait()
     assert victim.returncode == -signal.SIGKILL
     intact = latest_checkpoint(tmp_path / "ckpt")
-    resumed_at = load_checkpoint(intact)["step"]
+    resumed = load_checkpoint(intact)  # before the rerun prunes it
+    resumed_at = resumed["step"]
     assert 6 <= resumed_at < 60
 
     proc = _run(command)
@@ -125,6 +126,13 @@ def test_sigkill_mid_run_then_rerun_resumes_from_an_intact_checkpoint(sample_run
     assert steps[-1] == 60 and resumed_at + 2 in steps
     final = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
     assert final["step"] == 60
+    # The optimizers' state was resumed too: Adam's step counts went on from the checkpoint's (G is
+    # updated every n_critic iterations).
+    n_critic = final["config"]["train.optim.n_critic"]
+    for name, updates in (("d_opt", 60 - resumed_at), ("g_opt", 60 // n_critic - resumed_at // n_critic)):
+        counts = {float(s["step"]) - float(r["step"])
+                  for s, r in zip(final[name]["state"].values(), resumed[name]["state"].values())}
+        assert counts == {updates}, name
 
 
 def test_device_choice():

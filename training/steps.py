@@ -157,16 +157,16 @@ def g_step(
     """
     device = x_real.device
 
-    # Original-to-target domain.
+    # One autocast region: G's bf16 weight casts serve both of its passes.
     with autocast_for(device, precision):
+        # Original-to-target domain.
         x_fake = G(x_real, c_trg)
-    if d_update is not None:
-        d_update.apply()
-
-    # D's verdict and target-to-original domain, with D's parameters out of the graph.
-    with frozen(D), autocast_for(device, precision):
-        out_src, out_cls = D(x_fake)
-        x_reconst = G(x_fake, c_org)
+        if d_update is not None:
+            d_update.apply()  # an optimizer step: no autocast op
+        # D's verdict and target-to-original domain, with D's parameters out of the graph.
+        with frozen(D):
+            out_src, out_cls = D(x_fake)
+            x_reconst = G(x_fake, c_org)
 
     g_loss_fake = -out_src.float().mean()
     g_loss_cls = classification_loss(out_cls, c_trg, loss_cfg.multi_label)
@@ -253,6 +253,8 @@ def train_iteration(
     hooks = hooks if hooks is not None else StepHooks()
     immediate = d_update is None
     d_update = DeferredStep(d_opt) if immediate else d_update
+    if d_update.optimizer is not d_opt:
+        raise ValueError("d_update must hold this iteration's d_opt")
     optim_cfg = cfg.optim
 
     # Schedules are functions of the step.

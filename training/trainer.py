@@ -178,6 +178,10 @@ def train(job: JobConfig) -> TrainResult:
 
     G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
     g_opt, d_opt = build_optimizers(G, D, cfg.optim)
+    # Wrapped before a checkpoint is restored into them: Horovod's DistributedOptimizer is a new optimizer
+    # built from the given one's param_groups, without its state (Adam's moments and step counts).
+    g_opt = workers.distributed_optimizer(g_opt, G, prefix="G")
+    d_opt = workers.distributed_optimizer(d_opt, D, prefix="D")
     gen = torch.Generator()  # on the CPU whatever the device: draws are moved, checkpoints stay portable
 
     # Resume: rank 0 loads the latest intact checkpoint; every rank gets its weights, state and step.
@@ -201,8 +205,6 @@ def train(job: JobConfig) -> TrainResult:
                  cfg.optim.num_iters)
         return TrainResult(run_id=run_id, start_step=start, step=start, metrics={}, model_version=None,
                            workers=workers.size, rank=workers.rank, max_weight_diff=0.0)
-    g_opt = workers.distributed_optimizer(g_opt, G, prefix="G")
-    d_opt = workers.distributed_optimizer(d_opt, D, prefix="D")
     workers.broadcast_training_state({"G": G, "D": D}, {"g_opt": g_opt, "d_opt": d_opt})
 
     tracker = make_tracker(workers.is_rank0, job.tracking.tracking_uri, job.tracking.experiment,
