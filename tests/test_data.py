@@ -10,7 +10,9 @@ import pytest
 
 from etl.verify import read_metadata
 from schemas.faces import FaceFields
-from training.data import DataConfig, _ShuffleBuffer, open_rows, open_stream
+import torch
+
+from training.data import DataConfig, _ShuffleBuffer, open_rows, open_stream, to_model_input
 
 KEY_FIELDS = (FaceFields.SOURCE_ID, FaceFields.AUGMENTED, FaceFields.LABEL_INDEX)
 
@@ -38,11 +40,24 @@ def test_batches_are_model_input_with_the_datasets_labels(dataset, image_size):
     try:
         for batch in itertools.islice(stream, 3):
             assert batch.x.shape == (8, 3, image_size, image_size) and batch.x.dtype.is_floating_point
+            assert batch.x.is_contiguous()
             assert -1.0 <= float(batch.x.min()) < float(batch.x.max()) <= 1.0
             assert batch.c.shape == (8, len(metadata.labels))
             assert set(np.unique(batch.c.numpy())) <= {0.0, 1.0} and (batch.c.sum(1) == 1).all()
     finally:
         stream.close()
+
+
+def test_model_input_is_contiguous_nchw_in_minus_one_to_one():
+    # A permuted NHWC view would carry the channels-last layout into every convolution (slower on CPU).
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    images[0, 0, 0] = (0, 255, 51)
+    x = to_model_input(images, 16)
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert x[0, :, 0, 0].tolist() == pytest.approx([-1.0, 1.0, -0.6])
+    assert to_model_input(images, 8).is_contiguous()  # downscaled too
 
 
 def test_rows_decode_to_the_stored_faces(dataset):

@@ -205,7 +205,9 @@ def train(job: JobConfig) -> TrainResult:
                  cfg.optim.num_iters)
         return TrainResult(run_id=run_id, start_step=start, step=start, metrics={}, model_version=None,
                            workers=workers.size, rank=workers.rank, max_weight_diff=0.0)
-    workers.broadcast_training_state({"G": G, "D": D}, {"g_opt": g_opt, "d_opt": d_opt})
+    # Optimizer state only when resuming: a fresh one is empty on every rank already, and broadcasting it
+    # would first initialise it with a zero-gradient step (Horovod's way), starting Adam's step counts at 1.
+    workers.broadcast_training_state({"G": G, "D": D}, {"g_opt": g_opt, "d_opt": d_opt} if start else {})
 
     tracker = make_tracker(workers.is_rank0, job.tracking.tracking_uri, job.tracking.experiment,
                            job.tracking.run_name, run_id, artifact_location=job.tracking.artifact_location)
