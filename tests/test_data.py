@@ -7,11 +7,10 @@ import itertools
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from etl.verify import read_metadata
 from schemas.faces import FaceFields
-import torch
-
 from training.data import DataConfig, _ShuffleBuffer, open_rows, open_stream, to_model_input
 
 KEY_FIELDS = (FaceFields.SOURCE_ID, FaceFields.AUGMENTED, FaceFields.LABEL_INDEX)
